@@ -1,0 +1,1 @@
+"""The pure core: records, policy, generations, rendering. No I/O here."""
