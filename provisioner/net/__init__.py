@@ -1,0 +1,1 @@
+"""Network protocol adapters: DHCP, TFTP."""
