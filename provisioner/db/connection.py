@@ -46,7 +46,10 @@ def write(db: Database) -> Iterator[Database]:
     try:
         yield db
     except BaseException:
-        conn.execute("ROLLBACK")
+        # A callee may have ended the transaction itself (to record a refusal
+        # that must survive); only roll back what is still open.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
     else:
         conn.execute("COMMIT")

@@ -1,0 +1,135 @@
+"""`provisioner serve`: check everything, then start DHCP, TFTP and HTTP, and
+stop them cleanly on SIGTERM or SIGINT.
+
+Settings and the interface are checked before anything binds, so a wrong
+file stops the daemon with one line naming the key.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import threading
+from pathlib import Path
+
+from provisioner.errors import ConfigError
+from provisioner.eventsink import EventSink
+from provisioner.settings import InterfaceInfo, Settings, resolve_interface
+
+log = logging.getLogger("provisioner.daemon")
+
+# TFTP names the DHCP adapter hands out (docs/contracts.md) -> [ipxe] keys.
+TFTP_BOOT_FILES = {"undionly.kpxe": "bios", "snponly.efi": "efi", "ipxe.efi": "efi_fallback"}
+
+
+def check_ipxe_binaries(settings: Settings) -> None:
+    for key in TFTP_BOOT_FILES.values():
+        path: Path = getattr(settings.ipxe, key)
+        if not path.is_file():
+            raise ConfigError(f"config: ipxe.{key}: {path} does not exist (install Debian's ipxe package)")
+
+
+def prepare_tftp_root(settings: Settings) -> Path:
+    """Copy the iPXE binaries into the TFTP root. Copies, not symlinks: the
+    TFTP server refuses links that leave its root."""
+    root = settings.tftp_root
+    root.mkdir(parents=True, exist_ok=True)
+    for name, key in TFTP_BOOT_FILES.items():
+        src: Path = getattr(settings.ipxe, key)
+        dst = root / name
+        if dst.is_file() and not dst.is_symlink() and _same_content(src, dst):
+            continue
+        tmp = root / f".{name}.tmp"
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    return root
+
+
+def _same_content(a: Path, b: Path) -> bool:
+    sa, sb = a.stat(), b.stat()
+    return sa.st_size == sb.st_size and a.read_bytes() == b.read_bytes()
+
+
+def advertise_address(settings: Settings, info: InterfaceInfo) -> str:
+    return str(settings.network.advertise or info.address)
+
+
+def run(settings: Settings) -> int:
+    from provisioner.db import open_db
+    from provisioner.net.tftp import TftpServer
+    from provisioner.web.app import create_app
+    from provisioner.web.server import make_server
+
+    info = resolve_interface(settings)
+    check_ipxe_binaries(settings)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    open_db(settings.db_path).conn.close()
+    tftp_root = prepare_tftp_root(settings)
+    base = f"http://{advertise_address(settings, info)}:{settings.http.port}"
+
+    sink = EventSink(settings.db_path)
+    sink.start()
+
+    def on_tftp(ev) -> None:
+        if ev.kind == "done":
+            sink.emit("tftp.sent", f"sent {ev.filename} ({ev.bytes_sent} bytes in {ev.seconds:.2f} s) to {ev.client[0]}",
+                      actor="tftp", data={"client": ev.client[0], "file": ev.filename})
+        elif ev.kind in ("refused", "failed", "timeout"):
+            sink.emit(f"tftp.{ev.kind}", f"{ev.filename}: {ev.detail} (from {ev.client[0]})",
+                      actor="tftp", data={"client": ev.client[0], "file": ev.filename})
+
+    servers: list = []
+    stopped = threading.Event()
+    http = None
+    try:
+        http = make_server(create_app(settings), settings.http.bind, settings.http.port, threads=settings.http.threads)
+        tftp = TftpServer(tftp_root, host="0.0.0.0", port=settings.tftp.port, timeout=settings.tftp.timeout,
+                          on_event=on_tftp)
+        tftp.start()
+        servers.append(tftp)
+        if settings.network.dhcp != "off":
+            dhcp = start_dhcp(settings, info, base, sink)
+            servers.append(dhcp)
+
+        def stop(signum, _frame):
+            log.info("signal %d: stopping", signum)
+            stopped.set()
+            http.close()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        log.info(
+            "serving on %s (%s/%d): dhcp=%s, tftp port %d, http %s",
+            info.name, info.address, info.network.prefixlen, settings.network.dhcp, settings.tftp.port, base,
+        )
+        sink.emit("appliance.started", f"serving on {info.name} {info.address}, dhcp {settings.network.dhcp}",
+                  actor="daemon")
+        try:
+            http.run()
+        except (OSError, ValueError):
+            # waitress raises from its select loop once close() ran from a
+            # signal handler; anything else is a real failure.
+            if not stopped.is_set():
+                raise
+    except OSError as exc:
+        raise ConfigError(f"cannot bind: {exc.strerror or exc} (is another DHCP, TFTP or HTTP server running?)") from exc
+    finally:
+        for server in reversed(servers):
+            try:
+                server.stop()
+            except Exception:
+                log.exception("stopping %s failed", type(server).__name__)
+        if http is not None:
+            try:
+                http.close()
+            except Exception:
+                pass
+        sink.emit("appliance.stopped", "stopped", actor="daemon")
+        sink.stop()
+    return 0
+
+
+def start_dhcp(settings: Settings, info: InterfaceInfo, base: str, sink: EventSink):
+    raise NotImplementedError("DHCP adapter not wired yet")

@@ -1,0 +1,1 @@
+"""HTTP: the Flask app factory, boot endpoints, the REST API and the server."""
