@@ -1,0 +1,74 @@
+"""The CLI as a user runs it: a subprocess on a settings file."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, config=None, check=True):
+    cmd = [sys.executable, "-m", "provisioner", *args]
+    if config is not None:
+        cmd += ["--config", str(config)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed {proc.returncode}: {proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def config(tmp_path):
+    path = tmp_path / "provisioner.toml"
+    path.write_text(f'state_dir = "{tmp_path}/state"\n[network]\ninterface = "br-nowhere"\ndhcp = "proxy"\n')
+    return path
+
+
+def test_host_lifecycle(config):
+    out = run("host", "add", "52-54-00-AA-00-01", "--name", "rack1-n1", "--label", "rack=r1",
+              "--label", "pool=build", config=config).stdout
+    assert "added rack1-n1 (52:54:00:aa:00:01)" in out
+    listing = run("host", "list", config=config).stdout.splitlines()
+    assert listing[0].split() == ["NAME", "STATE", "MACS", "LABELS", "DISKS", "MEMORY"]
+    assert listing[1].split()[:4] == ["rack1-n1", "new", "52:54:00:aa:00:01", "pool=build,rack=r1"]
+    shown = json.loads(run("host", "show", "52:54:00:aa:00:01", "--json", config=config).stdout)
+    assert shown["name"] == "rack1-n1" and shown["labels"] == {"rack": "r1", "pool": "build"}
+    assert shown["hardware"] == {}
+    assert json.loads(run("host", "list", "--json", config=config).stdout)["hosts"][0]["name"] == "rack1-n1"
+    dup = run("host", "add", "52:54:00:aa:00:01", "--name", "other", config=config, check=False)
+    assert dup.returncode == 1 and "belongs to host 'rack1-n1'" in dup.stderr
+    assert "removed rack1-n1" in run("host", "remove", "rack1-n1", config=config).stdout
+    missing = run("host", "show", "rack1-n1", config=config, check=False)
+    assert missing.returncode == 1 and "no host named" in missing.stderr
+    events = run("events", "--host", "rack1-n1", config=config).stdout
+    assert "host.added" in events and "host.removed" in events
+    kinds = [e["kind"] for e in json.loads(run("events", "--json", config=config).stdout)["events"]]
+    assert kinds == ["host.added", "host.removed"]
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ('state_dir = "/s"\n[network]\ninterface = "br0"\ndhcp = "sometimes"\n', "network.dhcp"),
+        ('state_dir = "/s"\n[network]\ninterface = "br0"\n[dhcp]\npool = "10.0.0.9-10.0.0.1"\n', "dhcp.pool"),
+        ('state_dir = "/s"\n[network]\ninterface = "br0"\ncolour = "red"\n', "network.colour"),
+    ],
+)
+def test_a_bad_settings_file_stops_with_one_line_naming_the_key(tmp_path, text, key):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    for args in (["serve"], ["host", "list"]):
+        proc = run(*args, config=path, check=False)
+        assert proc.returncode == 2
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"provisioner: config: {key}:"), proc.stderr
+
+
+def test_serve_refuses_a_missing_interface_before_binding(config):
+    proc = run("serve", config=config, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "provisioner: config: network.interface: no interface named 'br-nowhere' on this system"
+
+
+def test_config_check(config):
+    assert run("config", "check", config=config).stdout.strip().endswith(": ok")
