@@ -114,7 +114,7 @@ def _fail(key: str, why: str) -> ConfigError:
     return ConfigError(f"config: {key}: {why}")
 
 
-def _take(table: dict[str, Any], allowed: dict[str, type | tuple], prefix: str) -> dict[str, Any]:
+def _take(table: dict[str, Any], allowed: dict[str, type], prefix: str) -> dict[str, Any]:
     for key in table:
         if key not in allowed:
             known = ", ".join(sorted(allowed))
@@ -167,26 +167,27 @@ def _positive(key: str, value: int) -> int:
     return value
 
 
+# Every key the file may hold, by table ("" is the top level). The README
+# documents each one; a test keeps the two in step.
+SCHEMA: dict[str, dict[str, type]] = {
+    "": {"state_dir": str, "network": dict, "dhcp": dict, "http": dict, "tftp": dict, "ipxe": dict, "agent": dict},
+    "network": {"interface": str, "dhcp": str, "advertise": str},
+    "dhcp": {"pool": str, "lease_seconds": int, "router": str, "dns": list, "domain": str},
+    "http": {"port": int, "bind": str, "threads": int},
+    "tftp": {"port": int, "root": str, "timeout": int},
+    "ipxe": {"bios": str, "efi": str, "efi_fallback": str},
+    "agent": {"dir": str, "kernel_args": str, "token_seconds": int},
+}
+
+
 def parse(doc: dict[str, Any], source: Path | None = None) -> Settings:
-    top = _take(
-        doc,
-        {
-            "state_dir": str,
-            "network": dict,
-            "dhcp": dict,
-            "http": dict,
-            "tftp": dict,
-            "ipxe": dict,
-            "agent": dict,
-        },
-        "",
-    )
+    top = _take(doc, SCHEMA[""], "")
     if "state_dir" not in top:
         raise _fail("state_dir", "missing (the directory for the database, images and agent)")
     if "network" not in top:
         raise _fail("network", "missing table (at least network.interface)")
 
-    net = _take(top["network"], {"interface": str, "dhcp": str, "advertise": str}, "network.")
+    net = _take(top["network"], SCHEMA["network"], "network.")
     if not net.get("interface"):
         raise _fail("network.interface", "missing (the provisioning interface, e.g. \"br0\")")
     mode = net.get("dhcp", "full")
@@ -198,11 +199,7 @@ def parse(doc: dict[str, Any], source: Path | None = None) -> Settings:
         advertise=_address("network.advertise", net["advertise"]) if "advertise" in net else None,
     )
 
-    d = _take(
-        top.get("dhcp", {}),
-        {"pool": str, "lease_seconds": int, "router": str, "dns": list, "domain": str},
-        "dhcp.",
-    )
+    d = _take(top.get("dhcp", {}), SCHEMA["dhcp"], "dhcp.")
     dns = d.get("dns", [])
     for i, item in enumerate(dns):
         if not isinstance(item, str):
@@ -217,24 +214,24 @@ def parse(doc: dict[str, Any], source: Path | None = None) -> Settings:
     if network.dhcp == "full" and dhcp.pool is None:
         raise _fail("dhcp.pool", "missing; network.dhcp = \"full\" hands out addresses from it")
 
-    h = _take(top.get("http", {}), {"port": int, "bind": str, "threads": int}, "http.")
+    h = _take(top.get("http", {}), SCHEMA["http"], "http.")
     http = HttpSettings(
         port=_port("http.port", h.get("port", 8080)),
         bind=str(_address("http.bind", h["bind"])) if "bind" in h else "0.0.0.0",
         threads=_positive("http.threads", h.get("threads", 16)),
     )
 
-    t = _take(top.get("tftp", {}), {"port": int, "root": str, "timeout": int}, "tftp.")
+    t = _take(top.get("tftp", {}), SCHEMA["tftp"], "tftp.")
     tftp = TftpSettings(
         port=_port("tftp.port", t.get("port", 69)),
         root=Path(t["root"]) if "root" in t else None,
         timeout=_positive("tftp.timeout", t.get("timeout", 1)),
     )
 
-    i = _take(top.get("ipxe", {}), {"bios": str, "efi": str, "efi_fallback": str}, "ipxe.")
+    i = _take(top.get("ipxe", {}), SCHEMA["ipxe"], "ipxe.")
     ipxe = IpxeSettings(**{k: Path(v) for k, v in i.items()})
 
-    a = _take(top.get("agent", {}), {"dir": str, "kernel_args": str, "token_seconds": int}, "agent.")
+    a = _take(top.get("agent", {}), SCHEMA["agent"], "agent.")
     agent = AgentSettings(
         dir=Path(a["dir"]) if "dir" in a else None,
         kernel_args=a.get("kernel_args", AgentSettings.kernel_args),
