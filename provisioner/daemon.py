@@ -80,7 +80,7 @@ def run(settings: Settings) -> int:
             sink.emit(f"tftp.{ev.kind}", f"{ev.filename}: {ev.detail} (from {ev.client[0]})",
                       actor="tftp", data={"client": ev.client[0], "file": ev.filename})
 
-    servers: list = []
+    stoppers: list = []  # in start order; stopped in reverse
     stopped = threading.Event()
     http = None
     try:
@@ -88,10 +88,10 @@ def run(settings: Settings) -> int:
         tftp = TftpServer(tftp_root, host="0.0.0.0", port=settings.tftp.port, timeout=settings.tftp.timeout,
                           on_event=on_tftp)
         tftp.start()
-        servers.append(tftp)
+        stoppers.append(tftp.stop)
         if settings.network.dhcp != "off":
-            dhcp = start_dhcp(settings, info, base, sink)
-            servers.append(dhcp)
+            dhcp = start_dhcp(settings, info, sink)
+            stoppers.append(dhcp.shutdown)
 
         def stop(signum, _frame):
             log.info("signal %d: stopping", signum)
@@ -116,11 +116,11 @@ def run(settings: Settings) -> int:
     except OSError as exc:
         raise ConfigError(f"cannot bind: {exc.strerror or exc} (is another DHCP, TFTP or HTTP server running?)") from exc
     finally:
-        for server in reversed(servers):
+        for stop_server in reversed(stoppers):
             try:
-                server.stop()
+                stop_server()
             except Exception:
-                log.exception("stopping %s failed", type(server).__name__)
+                log.exception("stopping %r failed", stop_server)
         if http is not None:
             try:
                 http.close()
@@ -131,5 +131,13 @@ def run(settings: Settings) -> int:
     return 0
 
 
-def start_dhcp(settings: Settings, info: InterfaceInfo, base: str, sink: EventSink):
-    raise NotImplementedError("DHCP adapter not wired yet")
+def start_dhcp(settings: Settings, info: InterfaceInfo, sink: EventSink):
+    from provisioner.net.dhcp.config import DhcpConfig
+    from provisioner.net.dhcp.server import DhcpServer
+
+    def on_event(kind: str, mac: str | None, message: str, data: dict) -> None:
+        sink.emit(kind, message, mac=mac, actor="dhcp", data=data)
+
+    server = DhcpServer(DhcpConfig.from_settings(settings, info), settings.db_path, on_event=on_event)
+    server.start()
+    return server
