@@ -1,1 +1,1 @@
-"""Network protocol adapters: DHCP, TFTP."""
+"""Network adapters: DHCP, TFTP and the provisioning interface."""
