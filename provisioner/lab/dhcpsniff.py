@@ -1,0 +1,101 @@
+"""A listen-only DHCP observer for lab tests: prints one JSON line per
+BOOTREQUEST that reaches UDP 67 on one interface. It never answers.
+
+Run it INSIDE a lab namespace (`python -m provisioner.lab.dhcpsniff --netns NS br0`);
+it refuses to run anywhere but that namespace, so a test mistake can never put a
+listener on the host's real network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import struct
+import sys
+import time
+from typing import Any
+
+MAGIC = b"\x63\x82\x53\x63"
+MESSAGE_TYPES = {1: "DISCOVER", 2: "OFFER", 3: "REQUEST", 4: "DECLINE", 5: "ACK", 6: "NAK", 7: "RELEASE", 8: "INFORM"}
+# SO_BINDTODEVICE from <asm-generic/socket.h>; Python exposes it only on some builds.
+SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
+
+
+def parse_options(data: bytes) -> dict[int, bytes]:
+    """Options after the magic cookie; pad skipped, stops at end or 255.
+    Repeated codes are concatenated (RFC 3396)."""
+    opts: dict[int, bytes] = {}
+    i = 0
+    while i < len(data):
+        code = data[i]
+        if code == 0:
+            i += 1
+            continue
+        if code == 255 or i + 1 >= len(data):
+            break
+        length = data[i + 1]
+        opts[code] = opts.get(code, b"") + data[i + 2 : i + 2 + length]
+        i += 2 + length
+    return opts
+
+
+def decode(packet: bytes) -> dict[str, Any] | None:
+    """The fields a PXE test cares about, or None for a non-DHCP packet."""
+    if len(packet) < 240 or packet[236:240] != MAGIC or packet[0] != 1:
+        return None
+    xid, secs, flags = struct.unpack("!IHH", packet[4:12])
+    hlen = min(packet[2], 16)
+    mac = ":".join(f"{b:02x}" for b in packet[28 : 28 + hlen])
+    opts = parse_options(packet[240:])
+    arch = opts.get(93)
+    return {
+        "time": time.time(),
+        "mac": mac,
+        "xid": f"{xid:08x}",
+        "secs": secs,
+        "broadcast": bool(flags & 0x8000),
+        "type": MESSAGE_TYPES.get(opts.get(53, b"\x00")[0], "?"),
+        "vendor_class": opts.get(60, b"").decode("ascii", "replace") or None,
+        "user_class": opts.get(77, b"").decode("ascii", "replace") or None,
+        "arch": struct.unpack("!H", arch[:2])[0] if arch and len(arch) >= 2 else None,
+        "options": {str(k): v.hex() for k, v in sorted(opts.items())},
+    }
+
+
+def in_named_namespace(name: str) -> bool:
+    """True if this process runs in the named namespace /var/run/netns/NAME.
+    (Comparing with PID 1's namespace is not possible in every container:
+    /proc/1/ns may be unreadable, so the caller names the expected one.)"""
+    try:
+        ours = os.stat("/proc/self/ns/net")
+        named = os.stat(f"/var/run/netns/{name}")
+    except OSError:
+        return False
+    return (ours.st_dev, ours.st_ino) == (named.st_dev, named.st_ino)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("interface", help="interface to listen on (the lab bridge)")
+    parser.add_argument("--netns", required=True, help="the lab namespace this must run in")
+    parser.add_argument("--port", type=int, default=67)
+    args = parser.parse_args(argv)
+    if not in_named_namespace(args.netns):
+        print(f"dhcpsniff: not inside namespace {args.netns!r}; refusing to listen", file=sys.stderr)
+        return 2
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, args.interface.encode())
+    sock.bind(("0.0.0.0", args.port))
+    print(json.dumps({"listening": args.interface, "port": args.port}), flush=True)
+    while True:
+        packet, _ = sock.recvfrom(4096)
+        info = decode(packet)
+        if info is not None:
+            print(json.dumps(info), flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
