@@ -45,6 +45,7 @@ EventSink = Callable[[str, "str | None", str, dict[str, Any]], None]
 MALFORMED_EVENTS_PER_WINDOW = 10
 MALFORMED_WINDOW_SECONDS = 60.0
 _STOP = object()
+RECEIVE_BUFFER = 4 << 20  # capped by net.core.rmem_max
 
 
 def _noop(kind: str, mac: str | None, message: str, data: dict[str, Any]) -> None:
@@ -95,6 +96,9 @@ class DhcpServer:
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+                # A rack powering on at once (or a junk burst) arrives faster
+                # than one loop drains it; a deeper queue turns drops into delay.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
                 if self.config.interface:
                     # Only the provisioning interface: never answer (or send
                     # broadcasts) on any other network this host is on.
