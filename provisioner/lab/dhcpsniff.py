@@ -97,5 +97,65 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(info), flush=True)
 
 
+
+class DhcpObserver:
+    """Runs this module inside a lab namespace and reads what it saw."""
+
+    def __init__(self, lab: Any, out_path: Any, *, interface: str | None = None, netns: str | None = None) -> None:
+        from pathlib import Path
+
+        self.lab = lab
+        self.out_path = Path(out_path)
+        self.interface = interface or lab.bridge
+        self.netns = netns or lab.name
+        self.proc: Any = None
+
+    def start(self, timeout: float = 10) -> None:
+        self.out_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.out_path, "wb") as out:
+            self.proc = self.lab.popen(
+                [sys.executable, "-m", "provisioner.lab.dhcpsniff", "--netns", self.netns, self.interface],
+                netns=self.netns,
+                stdout=out,
+                stderr=out,
+            )
+        # Wait for the "listening" line so no early DISCOVER is missed.
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.out_path.read_text(errors="replace")
+            if '"listening"' in text:
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise RuntimeError(f"dhcpsniff did not start: {self.out_path.read_text(errors='replace')[-500:]}")
+
+    def packets(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.out_path.read_text(errors="replace").splitlines():
+            try:
+                item = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(item, dict) and "mac" in item:
+                out.append(item)
+        return out
+
+    def wait_for(self, mac: str, timeout: float, kind: str = "DISCOVER") -> dict[str, Any]:
+        """The first packet of `kind` from `mac`; TimeoutError if none came."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for packet in self.packets():
+                if packet["mac"] == mac.lower() and packet["type"] == kind:
+                    return packet
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no DHCP{kind} from {mac} within {timeout:.0f}s")
+            time.sleep(0.25)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.lab.stop(self.proc)
+
+
 if __name__ == "__main__":
     raise SystemExit(main())

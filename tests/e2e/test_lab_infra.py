@@ -1,0 +1,87 @@
+"""The lab itself, proven against real firmware before any appliance code is
+involved: QEMU's iPXE NIC ROMs under SeaBIOS and OVMF must broadcast a
+DHCPDISCOVER on the lab bridge with the PXE options the DHCP adapter keys on.
+
+A listen-only observer (provisioner.lab.dhcpsniff) runs inside the lab
+namespace; nothing answers, so each machine is stopped once it has been seen.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from pyroute2 import IPRoute
+
+from provisioner.lab.netns import list_namespaces
+from provisioner.lab.qemu import DiskSpec
+
+# TCG on a shared 2-core box: SeaBIOS reaches DHCP in ~3 s, OVMF in ~7 s
+# when idle; allow for a loaded CI runner.
+DISCOVER_TIMEOUT = 120
+
+
+@pytest.mark.parametrize(
+    ("firmware", "machine", "arch", "ndi"),
+    [
+        ("bios", "pc", 0, "010201"),  # UNDI 2.1
+        ("uefi", "pc", 7, "01030a"),  # UNDI 3.10
+        ("bios", "q35", 0, "010201"),
+        ("uefi", "q35", 7, "01030a"),
+    ],
+    ids=["seabios-pc", "ovmf-pc", "seabios-q35", "ovmf-q35"],
+)
+def test_firmware_sends_pxe_discover(lab, vm_factory, dhcp_observer, firmware, machine, arch, ndi):
+    observer = dhcp_observer()
+    started = time.monotonic()
+    vm = vm_factory(
+        f"vm-{firmware}-{machine}",
+        firmware=firmware,
+        machine=machine,
+        disks=(DiskSpec(size="64M", serial="LAB-A"), DiskSpec(size="64M", serial="LAB-B", interface="nvme")),
+        uuid="8c5e2d8e-2b0a-4d8f-9a51-0c6f3a1b2c3d",
+    )
+    packet = observer.wait_for(vm.spec.mac, DISCOVER_TIMEOUT)
+    elapsed = time.monotonic() - started
+    vm.stop()
+
+    assert packet["vendor_class"] == f"PXEClient:Arch:{arch:05d}:UNDI:{'002001' if arch == 0 else '003010'}"
+    assert packet["user_class"] == "iPXE"  # QEMU's NIC ROMs are iPXE
+    assert packet["arch"] == arch
+    assert packet["options"]["94"] == ndi
+    # iPXE does not copy the SMBIOS UUID into option 97 (it sends type 0 and
+    # sixteen zero bytes here); the appliance must not rely on it.
+    assert len(bytes.fromhex(packet["options"]["97"])) == 17
+    # iPXE's own encapsulated options (175) identify an iPXE client too.
+    assert "175" in packet["options"]
+    print(f"{firmware}/{machine}: DHCPDISCOVER after {elapsed:.1f}s: {packet['vendor_class']}")
+
+
+def test_lab_leaves_nothing_behind(vm_factory, lab, dhcp_observer):
+    """After close(): no namespace, no tap, no QEMU or observer process."""
+    observer = dhcp_observer()
+    vm = vm_factory("vm-gone", no_reboot=True)
+    observer.wait_for(vm.spec.mac, DISCOVER_TIMEOUT)
+    name, pids, tap = lab.name, [vm.proc.pid, observer.proc.pid], vm.tap
+    assert tap not in _root_links()  # the tap only ever lived in the lab
+    lab.close()
+    lab.close()  # idempotent; the fixture closes a third time
+
+    assert name not in list_namespaces()
+    for pid in pids:
+        assert not _alive(pid), f"pid {pid} still running after lab.close()"
+    assert vm.proc.returncode is not None
+    assert tap not in _root_links()
+
+
+def _root_links() -> set[str]:
+    with IPRoute() as ipr:
+        return {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][0] != "Z"
+    except FileNotFoundError:
+        return False
