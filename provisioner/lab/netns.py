@@ -135,6 +135,9 @@ class LabNetwork:
         self._tap_counter = 0
         self._created = False
         self._closed = False
+        # pyroute2 forks helpers; a forked copy of this object must never
+        # tear down the lab (or signal its processes) on its own.
+        self._owner_pid = os.getpid()
 
     # --- lifecycle ---
 
@@ -331,7 +334,7 @@ class LabNetwork:
     def close(self) -> None:
         """Stop every process, delete taps/veths and the namespaces. Safe to
         call more than once and after a failed create()."""
-        if self._closed:
+        if self._closed or os.getpid() != self._owner_pid:
             return
         self._closed = True
         problems: list[str] = []

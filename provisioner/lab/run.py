@@ -15,6 +15,7 @@ Layout of workdir (kept between runs so the agent is built only once):
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -59,13 +60,15 @@ DISCOVERY_TIMEOUT = 15 * 60
 # give the appliance a moment before calling it a failure.
 AFTER_EXIT_GRACE = 20
 REQUIRED_TOOLS = ("ip", "qemu-system-x86_64", "qemu-img", "curl")
+# (regex on the serial console, what it means), logged once each.
 SERIAL_MILESTONES = (
-    ("iPXE", "firmware: iPXE started"),
-    ("Configuring (net0", "iPXE: DHCP"),
-    ("http://", "iPXE: fetching over HTTP"),
-    ("Linux version", "kernel: started"),
-    ("Run /init", "kernel: running the agent's /init"),
-    ("reboot: Power down", "kernel: powered off"),
+    (r"iPXE initialising devices", "firmware: iPXE NIC ROM started"),
+    (r"Configuring \(net0 [^)]*\)[. ]*ok", "iPXE: DHCP lease"),
+    (r"/boot/ipxe\.\.\. ok", "iPXE: boot script fetched"),
+    (r"/agent/modules\.cpio\.\.\. ok", "iPXE: kernel and initrds fetched"),
+    (r"Linux version", "kernel: started"),
+    (r"Run /init as init", "kernel: running the agent's /init"),
+    (r"reboot: Power down", "kernel: powered off"),
 )
 
 
@@ -131,9 +134,9 @@ class _Milestones:
 
     def poll(self, started: float) -> None:
         text = self.machine.serial_text()
-        for needle, what in SERIAL_MILESTONES:
-            if needle not in self.seen and needle in text:
-                self.seen.add(needle)
+        for pattern, what in SERIAL_MILESTONES:
+            if pattern not in self.seen and re.search(pattern, text):
+                self.seen.add(pattern)
                 self.log(f"  {time.monotonic() - started:6.1f}s  {what}")
 
 
@@ -193,9 +196,19 @@ def run_lab(workdir: Path, log: Log = print, keep: bool = False) -> int:
 
     # SIGTERM (CI cancelling the job) must unwind through the finally below
     # like Ctrl-C does, or the namespace and QEMU would outlive the job.
+    # pyroute2 forks short-lived helpers (namespace creation, sockets in a
+    # namespace) and stops them with SIGTERM; a fork inherits this handler
+    # and our whole call stack, so only the owner process may unwind.
+    owner = os.getpid()
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        if os.getpid() != owner:
+            os._exit(128 + signum)
+        raise KeyboardInterrupt
+
     previous = None
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
 
     lab: LabNetwork | None = None
     machine: Machine | None = None
@@ -232,13 +245,19 @@ def run_lab(workdir: Path, log: Log = print, keep: bool = False) -> int:
             log(machine.failure_context(40))
         if appliance is not None:
             log(appliance.log_tail(40))
+            events = cli(["events", "--limit", "20"], appliance.config)
+            log("--- last appliance events ---\n" + (events.stdout.rstrip() or events.stderr.rstrip()))
         if keep and lab is not None:
             _wait_for_interrupt(log)
         return 1
     except KeyboardInterrupt:
+        if os.getpid() != owner:
+            os._exit(130)  # a forked helper caught Ctrl-C: not ours to clean up
         log("lab: interrupted; cleaning up")
         return 130
     finally:
+        if os.getpid() != owner:
+            os._exit(1)
         if lab is not None:
             try:
                 lab.close()
@@ -247,7 +266,3 @@ def run_lab(workdir: Path, log: Log = print, keep: bool = False) -> int:
                 log(f"lab: cleanup problem: {exc}")
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
