@@ -78,22 +78,24 @@ class LeaseStore:
         self.db = db
         self._clock = clock
         self._leases: dict[str, Lease] = {}  # mac -> lease (any state)
-        self._by_ip: dict[IPv4Address, str] = {}  # ip -> mac of its lease record
+        # Address-keyed indexes use int(ip): IPv4Address hashes through a
+        # string, and the pool scan does a few lookups per address.
+        self._by_ip: dict[int, str] = {}  # ip -> mac of its lease record
         self._offers: dict[str, tuple[IPv4Address, float]] = {}  # mac -> (ip, until)
-        self._offered: dict[IPv4Address, tuple[str, float]] = {}  # ip -> (mac, until)
-        self._declined: dict[IPv4Address, float] = {}  # ip -> until
-        self._reserved: dict[IPv4Address, frozenset[str]] = {}
+        self._offered: dict[int, tuple[str, float]] = {}  # ip -> (mac, until)
+        self._declined: dict[int, float] = {}  # ip -> until
+        self._reserved: dict[int, frozenset[str]] = {}
         self._reserved_at = -1e18
         self.reload()
 
     def reload(self) -> None:
         now = self._clock()
         self._leases = {lease.mac: lease for lease in list_leases(self.db)}
-        self._by_ip = {lease.ip: lease.mac for lease in self._leases.values()}
+        self._by_ip = {int(lease.ip): lease.mac for lease in self._leases.values()}
         self._declined = {}
         for ip, until in self.db.execute("SELECT ip, until FROM declined").fetchall():
             if until > now and _ip_or_none(ip) is not None:
-                self._declined[IPv4Address(ip)] = until
+                self._declined[int(IPv4Address(ip))] = until
 
     # --- reads (the responder's LeaseView) ---
 
@@ -101,21 +103,21 @@ class LeaseStore:
         return self._leases.get(mac)
 
     def lookup_ip(self, ip: IPv4Address) -> Lease | None:
-        mac = self._by_ip.get(ip)
+        mac = self._by_ip.get(int(ip))
         return None if mac is None else self._leases[mac]
 
     def reservation(self, mac: str) -> IPv4Address | None:
         row = self.db.execute(_RESERVATIONS + " AND host_macs.mac = ?", [mac]).fetchone()
         return None if row is None else _ip_or_none(row[1])
 
-    def _reserved_ips(self) -> dict[IPv4Address, frozenset[str]]:
+    def _reserved_ips(self) -> dict[int, frozenset[str]]:
         now = time.monotonic()
         if now - self._reserved_at > RESERVED_CACHE_SECONDS:
-            found: dict[IPv4Address, set[str]] = {}
+            found: dict[int, set[str]] = {}
             for mac, text in self.db.execute(_RESERVATIONS).fetchall():
                 ip = _ip_or_none(text)
                 if ip is not None:
-                    found.setdefault(ip, set()).add(mac)
+                    found.setdefault(int(ip), set()).add(mac)
             self._reserved = {ip: frozenset(macs) for ip, macs in found.items()}
             self._reserved_at = now
         return self._reserved
@@ -128,23 +130,26 @@ class LeaseStore:
         return None if lease is None else lease.ip
 
     def available(self, ip: IPv4Address, mac: str, now: float) -> bool:
-        until = self._declined.get(ip)
+        return self._free(int(ip), mac, now, self._reserved_ips())
+
+    def _free(self, n: int, mac: str, now: float, reserved: dict[int, frozenset[str]]) -> bool:
+        until = self._declined.get(n)
         if until is not None and until > now:
             return False
-        holder = self._by_ip.get(ip)
+        holder = self._by_ip.get(n)
         if holder is not None and holder != mac and self._leases[holder].active(now):
             return False
-        offer = self._offered.get(ip)
+        offer = self._offered.get(n)
         if offer is not None and offer[0] != mac and offer[1] > now:
             return False
-        owners = self._reserved_ips().get(ip)
+        owners = reserved.get(n)
         return owners is None or mac in owners
 
     def next_free(self, first: IPv4Address, last: IPv4Address, mac: str, now: float) -> IPv4Address | None:
+        reserved = self._reserved_ips()
         for n in range(int(first), int(last) + 1):
-            ip = IPv4Address(n)
-            if self.available(ip, mac, now):
-                return ip
+            if self._free(n, mac, now, reserved):
+                return IPv4Address(n)
         return None
 
     # --- writes ---
@@ -153,14 +158,14 @@ class LeaseStore:
         """Hold `ip` for `mac` in memory only: an OFFER costs no disk write."""
         self.forget(mac)
         self._offers[mac] = (ip, now + seconds)
-        self._offered[ip] = (mac, now + seconds)
+        self._offered[int(ip)] = (mac, now + seconds)
         if len(self._offers) > 4096:
             self._expire_offers(now)
 
     def forget(self, mac: str) -> None:
         old = self._offers.pop(mac, None)
-        if old is not None and self._offered.get(old[0], ("",))[0] == mac:
-            del self._offered[old[0]]
+        if old is not None and self._offered.get(int(old[0]), ("",))[0] == mac:
+            del self._offered[int(old[0])]
 
     def _expire_offers(self, now: float) -> None:
         for mac in [m for m, (_, until) in self._offers.items() if until <= now]:
@@ -178,17 +183,17 @@ class LeaseStore:
             )
         self.forget(mac)
         self._drop_record(mac)
-        stale = self._by_ip.pop(ip, None)
+        stale = self._by_ip.pop(int(ip), None)
         if stale is not None:
             self._leases.pop(stale, None)
         self._leases[mac] = lease
-        self._by_ip[ip] = mac
+        self._by_ip[int(ip)] = mac
         return lease
 
     def _drop_record(self, mac: str) -> None:
         old = self._leases.pop(mac, None)
-        if old is not None and self._by_ip.get(old.ip) == mac:
-            del self._by_ip[old.ip]
+        if old is not None and self._by_ip.get(int(old.ip)) == mac:
+            del self._by_ip[int(old.ip)]
 
     def release(self, mac: str, ip: IPv4Address, now: float) -> None:
         """Keep the record (expires = 0) so the client gets the same address
@@ -209,7 +214,7 @@ class LeaseStore:
         lease = self._leases.get(mac)
         if lease is not None and lease.ip == ip:
             self._drop_record(mac)
-        self._declined[ip] = now + seconds
+        self._declined[int(ip)] = now + seconds
 
     def declined(self, now: float) -> dict[IPv4Address, float]:
-        return {ip: until for ip, until in self._declined.items() if until > now}
+        return {IPv4Address(n): until for n, until in self._declined.items() if until > now}

@@ -46,6 +46,9 @@ MALFORMED_EVENTS_PER_WINDOW = 10
 MALFORMED_WINDOW_SECONDS = 60.0
 _STOP = object()
 RECEIVE_BUFFER = 4 << 20  # capped by net.core.rmem_max
+# Events wait here for the callback; if it falls this far behind, new events
+# are dropped (and counted) rather than growing memory without bound.
+EVENT_QUEUE = 10_000
 
 
 def _noop(kind: str, mac: str | None, message: str, data: dict[str, Any]) -> None:
@@ -79,10 +82,10 @@ class DhcpServer:
         self._socks: dict[socket.socket, int] = {}
         self._stop_r, self._stop_w = socket.socketpair()
         self._running = threading.Event()
-        self._events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._events: queue.Queue[Any] = queue.Queue(maxsize=EVENT_QUEUE)
         self._threads: list[threading.Thread] = []
         self._malformed_window = (0.0, 0)
-        self.stats = {"received": 0, "replied": 0, "malformed": 0, "errors": 0}
+        self.stats = {"received": 0, "replied": 0, "malformed": 0, "errors": 0, "events_dropped": 0}
 
     # --- lifecycle ---
 
@@ -137,7 +140,7 @@ class DhcpServer:
                 for sock in ready:
                     self._receive(sock)
         finally:
-            self._events.put(_STOP)
+            self._events.put(_STOP)  # blocking: the sentinel must arrive
             self._close()
 
     def shutdown(self, timeout: float = 5.0) -> None:
@@ -188,8 +191,7 @@ class DhcpServer:
             sock.sendto(codec.build(decision.reply), (str(dest.address), dest.port))
             self.stats["replied"] += 1
         if decision.event is not None:
-            mac = request.mac
-            self._events.put((decision.event, mac, decision.message, decision.data))
+            self._event((decision.event, request.mac, decision.message, decision.data))
         return decision
 
     def _apply(self, effect: Effect, now: float) -> None:
@@ -215,7 +217,13 @@ class DhcpServer:
         self._malformed_window = (start, count)
         if count <= MALFORMED_EVENTS_PER_WINDOW:
             data_info = {"source": f"{source[0]}:{source[1]}", "reason": reason, "length": len(data)}
-            self._events.put(("dhcp.malformed", None, f"dropped a malformed DHCP packet: {reason}", data_info))
+            self._event(("dhcp.malformed", None, f"dropped a malformed DHCP packet: {reason}", data_info))
+
+    def _event(self, item: tuple) -> None:
+        try:
+            self._events.put_nowait(item)
+        except queue.Full:
+            self.stats["events_dropped"] += 1
 
     def _deliver_events(self) -> None:
         while True:
