@@ -8,6 +8,7 @@ namespace; nothing answers, so each machine is stopped once it has been seen.
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import pytest
@@ -85,3 +86,22 @@ def _alive(pid: int) -> bool:
             return f.read().split(") ")[-1][0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_appliance_fixture_serves_inside_namespace(lab, appliance, hosts):
+    """The appliance fixture: `provisioner serve` runs in the lab namespace,
+    answers /healthz there, and the state CLI reads its (empty) store."""
+    assert appliance.healthy()
+    ident = subprocess.run(["ip", "netns", "identify", str(appliance.proc.pid)], capture_output=True, text=True)
+    assert ident.stdout.strip() == lab.name
+    assert hosts(appliance.config) == []
+
+
+def test_proxy_config_next_to_a_site_namespace(lab, lab_config, appliance_factory):
+    site = lab.add_site()
+    config = lab_config("proxy")
+    assert "pool" not in config.path.read_text()
+    appliance = appliance_factory(config)
+    # The site namespace reaches the appliance over the bridge.
+    code, _ = lab.http_get(f"{appliance.url}/healthz", netns=site.netns)
+    assert code == 200
