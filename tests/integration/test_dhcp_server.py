@@ -160,8 +160,8 @@ def mac_bytes(mac: str) -> bytes:
     return bytes.fromhex(mac.replace(":", ""))
 
 
-def dhcp(mac: str, xid: int, options: list, ciaddr: str = "0.0.0.0") -> bytes:
-    return bytes(BOOTP(op=1, chaddr=mac_bytes(mac), xid=xid, ciaddr=ciaddr, flags=0x8000)
+def dhcp(mac: str, xid: int, options: list, ciaddr: str = "0.0.0.0", giaddr: str = "0.0.0.0") -> bytes:
+    return bytes(BOOTP(op=1, chaddr=mac_bytes(mac), xid=xid, ciaddr=ciaddr, giaddr=giaddr, flags=0x8000, hops=giaddr != "0.0.0.0")
                  / DHCP(options=[*options, "end"]))
 
 
@@ -255,6 +255,33 @@ def test_renew_unicast_and_nak_for_a_foreign_address(net, client, tmp_path):
         client.send(dhcp("52:54:00:00:10:04", 0x1006, [("message-type", "request"), ("requested_addr", "192.168.7.7")]))
         nak, _ = client.receive(0x1006)
         assert opt(nak, 53) == b"\x06"
+
+
+def test_relayed_discover_is_answered_to_the_relay_port_67(net, tmp_path):
+    relay = Client(net, port=67)  # plays the relay agent at CLIENT_IP
+    try:
+        with running(net, tmp_path / "p.db"):
+            relay.send(dhcp("52:54:00:00:10:0b", 0x100D, [("message-type", "discover"), *PXE_BIOS], giaddr=CLIENT_IP),
+                       to=(SERVER_IP, 67))
+            offer, src = relay.receive(0x100D)
+            assert src == (SERVER_IP, 67) and offer.giaddr == A(CLIENT_IP) and offer.yiaddr == A("10.31.0.100")
+    finally:
+        relay.close()
+
+
+def test_a_failing_event_callback_does_not_stop_replies(net, client, tmp_path):
+    def broken(*event):
+        raise RuntimeError("the event sink is down")
+
+    server = DhcpServer(config(net), tmp_path / "p.db", on_event=broken)
+    with in_netns(net.server_ns):
+        server.bind()
+    server.start()
+    try:
+        dora(client, "52:54:00:00:10:0c", 0x100E)
+        dora(client, "52:54:00:00:10:0d", 0x100F)
+    finally:
+        server.shutdown()
 
 
 def test_leases_survive_a_restart(net, client, tmp_path):

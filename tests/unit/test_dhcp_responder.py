@@ -175,9 +175,14 @@ def test_port_4011_ignores_non_pxe(store):
 
 
 def test_relay_gets_the_reply_on_67(store):
+    d = respond(req(o.DISCOVER, *BIOS_PXE, giaddr=A("10.20.0.254"), hops=1), FULL, store, NOW)
+    assert d.destination == Destination(A("10.20.0.254"), 67, False)
+    assert d.reply.giaddr == A("10.20.0.254")
+
+
+def test_full_mode_stays_silent_for_relays_from_other_subnets(store):
     d = respond(req(o.DISCOVER, *BIOS_PXE, giaddr=A("10.99.0.1"), hops=1), FULL, store, NOW)
-    assert d.destination == Destination(A("10.99.0.1"), 67, False)
-    assert d.reply.giaddr == A("10.99.0.1")
+    assert d.reply is None and d.event == "dhcp.ignored"
 
 
 def test_relay_in_proxy_mode(store):
@@ -320,8 +325,8 @@ def test_nak(scenario, store):
 
 
 def test_nak_through_a_relay_sets_the_broadcast_bit(store):
-    d = run(store, req(o.REQUEST, ip_opt(50, "192.168.1.10"), giaddr=A("10.99.0.1")))
-    assert d.reply.flags & FLAG_BROADCAST and d.destination == Destination(A("10.99.0.1"), 67, False)
+    d = run(store, req(o.REQUEST, ip_opt(50, "192.168.1.10"), giaddr=A("10.20.0.254")))
+    assert d.reply.flags & FLAG_BROADCAST and d.destination == Destination(A("10.20.0.254"), 67, False)
 
 
 def test_decline_takes_the_address_out_of_the_pool(store):

@@ -253,6 +253,11 @@ def _proxy(req: DhcpPacket, kind: int, client: Client, config: DhcpConfig) -> De
 
 def _full(req: DhcpPacket, kind: int, client: Client, config: DhcpConfig,
           leases: LeaseView, now: float) -> Decision:
+    if req.giaddr != ZERO and req.giaddr not in config.subnet:
+        # Relayed from another segment: our one pool is on the provisioning
+        # subnet, and an address from it would be unusable there.
+        return Decision(event="dhcp.ignored", message=f"{client.mac} relayed from {req.giaddr}, outside {config.subnet}",
+                        data={"giaddr": str(req.giaddr)})
     if kind == o.DISCOVER:
         ip = _choose(req, client.mac, config, leases, now)
         if ip is None:
