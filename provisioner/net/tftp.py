@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import logging
 import os
-import selectors
+import select
 import socket
 import stat
 import struct
@@ -189,7 +189,7 @@ class TftpServer:
 
     `on_event` is called from the server thread with a TftpEvent for every
     request; it must return quickly, and its exceptions are logged and
-    ignored.
+    ignored. One instance serves once: start()/stop() or serve_forever().
     """
 
     def __init__(
@@ -213,10 +213,11 @@ class TftpServer:
         self._wake_r, self._wake_w = socket.socketpair()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._transfers: dict[socket.socket, _Transfer] = {}
+        self._epoll: select.epoll | None = None
+        self._transfers: dict[int, _Transfer] = {}  # by socket fd
         self._clients: set[tuple[str, int]] = set()
         self._factory = TftpPacketFactory()
-        self._sel: selectors.BaseSelector | None = None
+        self._now = time.monotonic()  # the loop's clock, read once per wakeup
 
     # --- lifecycle -----------------------------------------------------
 
@@ -253,7 +254,8 @@ class TftpServer:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop serving, close every transfer and the socket, join the thread."""
+        """Stop serving, close every transfer and the socket, join the thread.
+        Safe to call from a signal handler in the serving thread."""
         self._stopping.set()
         try:
             self._wake_w.send(b"x")
@@ -262,7 +264,7 @@ class TftpServer:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
             self._thread = None
-        elif self._sel is None and self._sock is not None:
+        elif self._epoll is None and self._sock is not None:
             # Bound but never served: nothing else will close the socket.
             self._sock.close()
             self._sock = None
@@ -283,56 +285,56 @@ class TftpServer:
         """Serve in the calling thread until stop() is called."""
         self.bind()
         assert self._sock is not None
-        sel = selectors.DefaultSelector()
-        self._sel = sel
-        sel.register(self._sock, selectors.EVENT_READ, None)
-        sel.register(self._wake_r, selectors.EVENT_READ, None)
+        listen_fd, wake_fd = self._sock.fileno(), self._wake_r.fileno()
+        epoll = select.epoll()
+        self._epoll = epoll
+        epoll.register(listen_fd, select.EPOLLIN)
+        epoll.register(wake_fd, select.EPOLLIN)
+        transfers = self._transfers
         next_scan = 0.0
         try:
             while not self._stopping.is_set():
-                wait = _SCAN_INTERVAL if self._transfers else None
                 try:
-                    ready = sel.select(wait)
+                    ready = epoll.poll(_SCAN_INTERVAL if transfers else -1)
                 except OSError as exc:  # never expected; do not spin on it
-                    log.error("tftp: select failed: %s", exc)
+                    log.error("tftp: epoll failed: %s", exc)
                     time.sleep(0.1)
                     continue
-                for key, _ in ready:
-                    sock = key.fileobj
-                    if sock is self._sock:
-                        self._guarded(self._on_request)
-                    elif sock is self._wake_r:
-                        self._drain_wake()
-                    else:
-                        self._guarded(self._on_packet, sock)
-                now = time.monotonic()
-                if now >= next_scan and self._transfers:
+                self._now = now = time.monotonic()
+                for fd, _ in ready:
+                    # The hot path (an ACK on a transfer) comes first.
+                    transfer = transfers.get(fd)
+                    try:
+                        if transfer is not None:
+                            self._on_packet(transfer)
+                        elif fd == listen_fd:
+                            self._on_request()
+                        elif fd == wake_fd:
+                            self._drain_wake()
+                    except Exception:
+                        # The last line of defence: a bug triggered by one
+                        # packet must not end the loop for every other client
+                        # (tftpy's failure mode).
+                        log.exception("tftp: unexpected error handling a packet; serving on")
+                        if transfer is not None:
+                            self._finish(transfer, "failed", "internal error")
+                if now >= next_scan and transfers:
                     next_scan = now + _SCAN_INTERVAL
-                    self._guarded(self._check_timeouts, now)
+                    try:
+                        self._check_timeouts(now)
+                    except Exception:
+                        log.exception("tftp: unexpected error checking timeouts; serving on")
         finally:
-            for transfer in list(self._transfers.values()):
+            for transfer in list(transfers.values()):
                 self._finish(transfer, "failed", "server stopping")
-            sel.close()
+            epoll.close()
             self._sock.close()
             self._sock = None
-            self._sel = None
             self._wake_r.close()
             self._wake_w.close()
             log.info("tftp: stopped")
 
     # --- packet handling -------------------------------------------------
-
-    def _guarded(self, handler: Callable[..., None], *args: object) -> None:
-        # The last line of defence: a bug triggered by one packet must not end
-        # the loop for every other client (tftpy's failure mode).
-        try:
-            handler(*args)
-        except Exception:
-            log.exception("tftp: unexpected error handling a packet; serving on")
-            if args and isinstance(args[0], socket.socket):
-                transfer = self._transfers.get(args[0])
-                if transfer is not None:
-                    self._finish(transfer, "failed", "internal error")
 
     def _drain_wake(self) -> None:
         try:
@@ -399,15 +401,14 @@ class TftpServer:
     ) -> None:
         blksize, accepted = negotiate(options, size)
         sock = self._transfer_socket(local, client)
-        now = time.monotonic()
         transfer = _Transfer(
             sock=sock, client=client, filename=filename, fd=fd, size=size, blksize=blksize,
-            block=0, offset=0, last=b"", final=False, deadline=now + self.timeout, started=now,
+            block=0, offset=0, last=b"", final=False, deadline=0.0, started=self._now,
         )
-        self._transfers[sock] = transfer
+        assert self._epoll is not None
+        self._epoll.register(sock.fileno(), select.EPOLLIN)
+        self._transfers[sock.fileno()] = transfer
         self._clients.add(client)
-        assert self._sel is not None
-        self._sel.register(sock, selectors.EVENT_READ, None)
         log.info("tftp: %s:%d reads %s (blksize %d%s)", *client, filename, blksize,
                  ", tsize" if "tsize" in accepted else "")
         if accepted:
@@ -441,18 +442,15 @@ class TftpServer:
             log.debug("tftp: could not send the error to %s:%d: %s", *client, exc)
         self._emit(TftpEvent("refused", client, filename, detail=why))
 
-    def _on_packet(self, sock: socket.socket) -> None:
-        transfer = self._transfers.get(sock)
-        if transfer is None:
-            return
+    def _on_packet(self, transfer: _Transfer) -> None:
         try:
-            data = sock.recv(MAX_REQUEST)
-        except (BlockingIOError, InterruptedError):
-            return
+            data = transfer.sock.recv(MAX_REQUEST)
         except ConnectionRefusedError:
             # ICMP port unreachable: the client is gone.
             self._finish(transfer, "aborted", "client port unreachable")
             return
+        except OSError:
+            return  # nothing readable after all (EAGAIN, EINTR)
         if len(data) < 4:
             return
         opcode, number = _HEADER.unpack_from(data)
@@ -478,18 +476,19 @@ class TftpServer:
 
     def _send(self, transfer: _Transfer, packet: bytes) -> None:
         transfer.last = packet
-        transfer.deadline = time.monotonic() + self.timeout
+        transfer.deadline = self._now + self.timeout
         try:
             transfer.sock.send(packet)
-        except (BlockingIOError, InterruptedError):
-            pass  # socket buffer full: the resend timer covers it
         except ConnectionRefusedError:
             self._finish(transfer, "aborted", "client port unreachable")
+        except OSError as exc:
+            # A full socket buffer, or EPERM from a local firewall that drops
+            # the packet on output: either way the packet is lost, and the
+            # resend timer covers lost packets.
+            log.debug("tftp: send to %s:%d failed: %s", *transfer.client, exc)
 
     def _check_timeouts(self, now: float) -> None:
-        for transfer in list(self._transfers.values()):
-            if now < transfer.deadline:
-                continue
+        for transfer in [t for t in self._transfers.values() if now >= t.deadline]:
             if transfer.retries >= self.retries:
                 self._finish(transfer, "timeout", f"no ACK for block {transfer.block} after {transfer.retries} resends")
                 continue
@@ -497,14 +496,15 @@ class TftpServer:
             self._send(transfer, transfer.last)
 
     def _finish(self, transfer: _Transfer, kind: EventKind, detail: str = "") -> None:
-        if self._transfers.pop(transfer.sock, None) is None:
-            return
+        fd = transfer.sock.fileno()
+        if fd < 0 or self._transfers.pop(fd, None) is None:
+            return  # already finished
         self._clients.discard(transfer.client)
-        try:
-            if self._sel is not None:
-                self._sel.unregister(transfer.sock)
-        except (KeyError, ValueError):
-            pass
+        if self._epoll is not None:
+            try:
+                self._epoll.unregister(fd)
+            except OSError:
+                pass
         transfer.sock.close()
         os.close(transfer.fd)
         seconds = time.monotonic() - transfer.started

@@ -421,3 +421,38 @@ def test_start_raises_when_the_port_is_taken(root: Path) -> None:
         srv.stop()
     finally:
         taken.close()
+
+
+class LossySocket:
+    """A transfer socket whose every `every`-th send fails the way a local
+    firewall drop does (EPERM), to exercise the resend timer."""
+
+    def __init__(self, sock: socket.socket, every: int):
+        self._sock, self._every, self._count = sock, every, 0
+
+    def send(self, data: bytes) -> int:
+        self._count += 1
+        if self._count % self._every == 0:
+            raise PermissionError(1, "Operation not permitted")
+        return self._sock.send(data)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._sock, name)
+
+    def __enter__(self) -> LossySocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._sock.close()
+
+
+def test_lost_sends_are_resent_and_the_download_completes(root: Path, events: Events, tmp_path: Path) -> None:
+    srv = TftpServer(root, host="127.0.0.1", port=0, timeout=0.2, on_event=events)
+    real = srv._transfer_socket
+    srv._transfer_socket = lambda local, client: LossySocket(real(local, client), every=9)  # type: ignore[method-assign]
+    with srv:
+        out = tmp_path / "out"
+        result = atftp_get(srv, "undionly.kpxe", out, "blksize 1468", "tsize 0")
+        assert result.returncode == 0, result.stderr
+        assert out.read_bytes() == (IPXE / "undionly.kpxe").read_bytes()
+        assert events.wait_for("done", "undionly.kpxe").seconds >= 0.2 * 5  # it did wait on the timer
