@@ -24,6 +24,7 @@ import os
 import secrets
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,24 +79,42 @@ def _unique_name(prefix: str) -> str:
 
 
 def stop_process(proc: subprocess.Popen, grace: float = TERM_GRACE) -> int | None:
-    """SIGTERM then SIGKILL one process we started (and its own process
-    group, which it leads because it was started in a new session). Returns
-    the exit status, or None if it could not be reaped."""
+    """SIGTERM then SIGKILL one process we started and its own process group
+    (it leads one: it was started in a new session), so helpers it spawned
+    go too. Returns the exit status, or None if it could not be reaped."""
     pid = proc.pid
+    status: int | None = proc.returncode
     if proc.poll() is None:
         _signal_group(pid, signal.SIGTERM)
         try:
-            return proc.wait(timeout=grace)
+            status = proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             _signal_group(pid, signal.SIGKILL)
             try:
-                return proc.wait(timeout=grace)
+                status = proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 log.error("lab: process %d did not die after SIGKILL", pid)
                 return None
-    # The leader is gone; anything it left in its group still goes.
-    _signal_group(pid, signal.SIGKILL)
-    return proc.returncode
+    else:
+        status = proc.returncode
+    # The leader is gone; give what it left in its group a moment to follow
+    # the SIGTERM, then SIGKILL the rest.
+    deadline = time.monotonic() + min(grace, 2.0)
+    while not _group_gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not _group_gone(pid):
+        _signal_group(pid, signal.SIGKILL)
+    return status
+
+
+def _group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -123,8 +142,11 @@ class LabNetwork:
         prefix: str = DEFAULT_PREFIX,
         bridge: str = DEFAULT_BRIDGE,
         address: str = DEFAULT_ADDRESS,
+        answer_router_solicitations: bool = False,
     ) -> None:
         self.prefix = prefix
+        # See provisioner/lab/ra.py: saves iPXE ~16 s of IPv6 waiting per boot.
+        self.answer_router_solicitations = answer_router_solicitations
         self.bridge = bridge
         self.address = IPNetwork(address)
         self.name = ""
@@ -169,6 +191,8 @@ class LabNetwork:
                 )
                 ipr.link("set", index=index, state="up")
             log.info("lab: namespace %s, bridge %s %s", self.name, self.bridge, self.address)
+            if self.answer_router_solicitations:
+                self.start_router_advertiser()
         except BaseException:
             self.close()
             raise
@@ -304,6 +328,11 @@ class LabNetwork:
             env=env,
             stdin=subprocess.DEVNULL,
         )
+
+    def start_router_advertiser(self) -> subprocess.Popen:
+        """Answer IPv6 router solicitations on the bridge with "no router
+        here" (provisioner/lab/ra.py), so iPXE does not wait ~16 s for one."""
+        return self.popen([sys.executable, "-m", "provisioner.lab.ra", "--netns", self.name, self.bridge])
 
     def stop(self, proc: subprocess.Popen, grace: float = TERM_GRACE) -> int | None:
         """Stop one process this lab started (TERM, then KILL)."""

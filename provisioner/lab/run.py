@@ -216,7 +216,7 @@ def run_lab(workdir: Path, log: Log = print, keep: bool = False) -> int:
     started = time.monotonic()
     try:
         agent_dir = ensure_agent(workdir, log)
-        lab = LabNetwork.create()
+        lab = LabNetwork.create(answer_router_solicitations=True)
         log(f"lab: namespace {lab.name}, bridge {lab.bridge} {lab.address}")
         config = write_config(
             workdir / "provisioner.toml", state_dir=_fresh_state(workdir), lab=lab, dhcp="full", agent_dir=agent_dir

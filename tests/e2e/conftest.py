@@ -61,8 +61,9 @@ def random_mac() -> str:
 
 @pytest.fixture
 def lab() -> Iterator[LabNetwork]:
-    """A fresh lab namespace with br0 = 10.77.0.1/24; removed afterwards."""
-    with LabNetwork.create() as network:
+    """A fresh lab namespace with br0 = 10.77.0.1/24 and an IPv6 "no router
+    here" answerer (saves iPXE ~16 s per boot); removed afterwards."""
+    with LabNetwork.create(answer_router_solicitations=True) as network:
         yield network
 
 

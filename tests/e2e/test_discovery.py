@@ -1,0 +1,90 @@
+"""Discovery with real firmware: QEMU machines (TCG) PXE-boot from the
+appliance running in the lab namespace, run the agent, report their hardware
+and power off; the host list then shows them `discovered` with their facts.
+
+The machines differ on purpose (firmware, machine type, NIC model, disk
+controllers) so the agent's drivers are exercised the way a mixed rack
+would."""
+
+from __future__ import annotations
+
+import pytest
+
+from provisioner.lab.qemu import DiskSpec
+
+# TCG boots of iPXE plus a Debian kernel take minutes; give them room.
+BOOT_TIMEOUT = 1200
+
+
+def disk_serials(host: dict) -> set[str]:
+    return {d["serial"] for d in host["hardware"]["disks"] if d.get("serial")}
+
+
+def assert_discovered(host: dict | None, mac: str, firmware: str) -> dict:
+    assert host is not None, f"{mac} is not in the host list"
+    assert host["state"] == "discovered"
+    hw = host["hardware"]
+    assert hw["firmware"] == firmware
+    assert hw["memory_bytes"] and hw["memory_bytes"] > 512 << 20
+    assert hw["cpu"]["count"] >= 1
+    assert mac in {n["mac"] for n in hw["nics"]}
+    assert any(n["mac"] == mac and n["driver"] for n in hw["nics"])
+    return hw
+
+
+def test_bios_and_uefi_machines_are_discovered(agent_dir, lab_config, appliance_factory, vm_factory, lab_host):
+    config = lab_config("full", agent_dir=agent_dir)
+    appliance_factory(config)
+    bios = vm_factory(
+        "bios-virtio",
+        firmware="bios",
+        uuid="6f1d2c3b-0000-4000-8000-00000000b105",
+        disks=(DiskSpec(size="1G", serial="LAB-VIRTIO-A"), DiskSpec(size="2G", serial="LAB-NVME-B", interface="nvme")),
+    )
+    uefi = vm_factory(
+        "uefi-q35",
+        firmware="uefi",
+        machine="q35",
+        nic="e1000e",
+        uuid="6f1d2c3b-0000-4000-8000-0000000ef105",
+        disks=(DiskSpec(size="1G", serial="LAB-SATA-C", interface="ide", wwn="0x5000c500a1b2c3d4"),),
+    )
+    # Both boot at once (one core each); the agent powers each off when done.
+    bios.wait_exit(timeout=BOOT_TIMEOUT)
+    uefi.wait_exit(timeout=BOOT_TIMEOUT)
+
+    host = lab_host(config, bios.spec.mac)
+    hw = assert_discovered(host, bios.spec.mac, "bios")
+    assert disk_serials(host) == {"LAB-VIRTIO-A", "LAB-NVME-B"}
+    sizes = {d["serial"]: d["size_bytes"] for d in hw["disks"]}
+    assert sizes == {"LAB-VIRTIO-A": 1 << 30, "LAB-NVME-B": 2 << 30}
+    assert all(d["by_path"] for d in hw["disks"])
+    assert hw["system"]["uuid"] == "6f1d2c3b-0000-4000-8000-00000000b105"
+    assert hw["system"]["vendor"] == "QEMU"
+
+    host = lab_host(config, uefi.spec.mac)
+    hw = assert_discovered(host, uefi.spec.mac, "uefi")
+    assert disk_serials(host) == {"LAB-SATA-C"}
+    assert hw["disks"][0]["wwn"] and "5000c500a1b2c3d4" in hw["disks"][0]["wwn"]
+    assert hw["system"]["uuid"] == "6f1d2c3b-0000-4000-8000-0000000ef105"
+
+
+def test_proxy_mode_next_to_a_site_dhcp_server(agent_dir, lab, lab_config, appliance_factory, vm_factory,
+                                               lab_host, tmp_path):
+    site = lab.add_site()
+    # The site's DHCP server hands out addresses and knows nothing of PXE.
+    lab.popen(
+        ["dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0", f"--interface={site.interface}",
+         "--bind-interfaces", "--dhcp-range=10.77.0.50,10.77.0.90,255.255.255.0,10m",
+         f"--dhcp-leasefile={tmp_path / 'site.leases'}", "--dhcp-authoritative"],
+        netns=site.netns,
+    )
+    config = lab_config("proxy", agent_dir=agent_dir)
+    appliance_factory(config)
+    vm = vm_factory("proxy-bios", firmware="bios", disks=(DiskSpec(size="1G", serial="LAB-PROXY-A"),))
+    vm.wait_exit(timeout=BOOT_TIMEOUT)
+    host = lab_host(config, vm.spec.mac)
+    assert_discovered(host, vm.spec.mac, "bios")
+    assert disk_serials(host) == {"LAB-PROXY-A"}
+    leases = (tmp_path / "site.leases").read_text()
+    assert vm.spec.mac in leases, "the address came from the site's DHCP server"
