@@ -30,12 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Sequence
 
-from netaddr import IPAddress, IPNetwork
+from netaddr import IPNetwork
 from pyroute2 import IPRoute, netns
 
 log = logging.getLogger(__name__)
 
-NETNS_DIR = Path("/var/run/netns")
 DEFAULT_PREFIX = "prov-lab"
 DEFAULT_BRIDGE = "br0"
 DEFAULT_ADDRESS = "10.77.0.1/24"

@@ -38,6 +38,8 @@ _SIZE = re.compile(r"^[1-9][0-9]*[KMGT]?$")
 # The longest serial every emulated controller here accepts (virtio-blk,
 # NVMe and ATA all cap at 20 characters).
 MAX_SERIAL = 20
+# CSI sequences, charset selection and reset, as SeaBIOS/OVMF/iPXE emit them.
+_ANSI = re.compile(r"\x1b\[[0-9;?=]*[A-Za-z]|\x1b[()][0-9A-B]|\x1bc")
 
 
 @dataclass(frozen=True)
@@ -228,24 +230,28 @@ class Machine:
         except FileNotFoundError:
             return ""
 
+    def serial_clean(self) -> str:
+        """The serial log without ANSI sequences, \r turned into line breaks:
+        firmware consoles redraw lines, which would split patterns."""
+        text = _ANSI.sub("", self.serial_text())
+        return text.replace("\r\n", "\n").replace("\r", "\n")
+
     def serial_tail(self, lines: int = 40) -> str:
-        # Firmware output carries ANSI sequences and \r; strip them for reading.
-        text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][0-9A-B]|\x1bc", "", self.serial_text())
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-        return "\n".join(text.splitlines()[-lines:])
+        kept = [line for line in self.serial_clean().splitlines() if line.strip()]
+        return "\n".join(kept[-lines:])
 
     def wait_for_serial(self, pattern: str | re.Pattern[str], timeout: float) -> re.Match[str]:
-        """Wait until the serial log matches pattern; LabError on timeout or
-        if QEMU exits first."""
+        """Wait until the cleaned serial log (serial_clean) matches pattern;
+        LabError on timeout or if QEMU exits first."""
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
         deadline = time.monotonic() + timeout
         while True:
-            found = regex.search(self.serial_text())
+            found = regex.search(self.serial_clean())
             if found:
                 return found
             if self.proc is not None and self.proc.poll() is not None:
                 # One last read: QEMU may have flushed the line as it exited.
-                found = regex.search(self.serial_text())
+                found = regex.search(self.serial_clean())
                 if found:
                     return found
                 raise LabError(

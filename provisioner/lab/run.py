@@ -62,7 +62,7 @@ AFTER_EXIT_GRACE = 20
 REQUIRED_TOOLS = ("ip", "qemu-system-x86_64", "qemu-img", "curl")
 # (regex on the serial console, what it means), logged once each.
 SERIAL_MILESTONES = (
-    (r"iPXE initialising devices", "firmware: iPXE NIC ROM started"),
+    (r"iPXE \d+\.\d+\.\d+", "firmware: iPXE NIC ROM started"),
     (r"Configuring \(net0 [^)]*\)[. ]*ok", "iPXE: DHCP lease"),
     (r"/boot/ipxe\.\.\. ok", "iPXE: boot script fetched"),
     (r"/agent/modules\.cpio\.\.\. ok", "iPXE: kernel and initrds fetched"),
@@ -133,7 +133,7 @@ class _Milestones:
         self.seen: set[str] = set()
 
     def poll(self, started: float) -> None:
-        text = self.machine.serial_text()
+        text = self.machine.serial_clean()
         for pattern, what in SERIAL_MILESTONES:
             if pattern not in self.seen and re.search(pattern, text):
                 self.seen.add(pattern)

@@ -44,6 +44,8 @@ def test_firmware_sends_pxe_discover(lab, vm_factory, dhcp_observer, firmware, m
     )
     packet = observer.wait_for(vm.spec.mac, DISCOVER_TIMEOUT)
     elapsed = time.monotonic() - started
+    # The serial console carries iPXE's output on both firmwares.
+    vm.wait_for_serial(rf"Configuring \(net0 {vm.spec.mac}\)", 30)
     vm.stop()
 
     assert packet["vendor_class"] == f"PXEClient:Arch:{arch:05d}:UNDI:{'002001' if arch == 0 else '003010'}"
