@@ -6,7 +6,18 @@ taps and the veth pairs are created inside the lab namespaces, so no frame
 from a lab machine can reach the host's real network.
 """
 
+from provisioner.lab.appliance import Appliance, LabConfig, write_config
 from provisioner.lab.netns import LabError, LabNetwork, SiteNetwork
 from provisioner.lab.qemu import DiskSpec, Machine, MachineSpec
 
-__all__ = ["DiskSpec", "LabError", "LabNetwork", "Machine", "MachineSpec", "SiteNetwork"]
+__all__ = [
+    "Appliance",
+    "DiskSpec",
+    "LabConfig",
+    "LabError",
+    "LabNetwork",
+    "Machine",
+    "MachineSpec",
+    "SiteNetwork",
+    "write_config",
+]

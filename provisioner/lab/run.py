@@ -171,8 +171,9 @@ def wait_discovered(machine: Machine, config: LabConfig, appliance: Appliance, l
         time.sleep(3)
 
 
-def _wait_for_interrupt(log: Log) -> None:
-    log("lab: kept running; press Ctrl-C to tear it down")
+def _wait_for_interrupt(log: Log, lab: LabNetwork) -> None:
+    log(f"lab: kept running; look around with `ip netns exec {lab.name} bash` "
+        f"(appliance at http://{lab.ip}:8080); press Ctrl-C to tear it down")
     try:
         while True:
             time.sleep(3600)
@@ -236,7 +237,7 @@ def run_lab(workdir: Path, log: Log = print, keep: bool = False) -> int:
         if shown.returncode != 0:
             raise LabError(f"host show failed with exit status {shown.returncode}")
         if keep:
-            _wait_for_interrupt(log)
+            _wait_for_interrupt(log, lab)
         log("lab: OK")
         return 0
     except (LabError, ProvisionerError, subprocess.SubprocessError, OSError, ValueError) as exc:
@@ -248,7 +249,7 @@ def run_lab(workdir: Path, log: Log = print, keep: bool = False) -> int:
             events = cli(["events", "--limit", "20"], appliance.config)
             log("--- last appliance events ---\n" + (events.stdout.rstrip() or events.stderr.rstrip()))
         if keep and lab is not None:
-            _wait_for_interrupt(log)
+            _wait_for_interrupt(log, lab)
         return 1
     except KeyboardInterrupt:
         if os.getpid() != owner:

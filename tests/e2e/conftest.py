@@ -29,6 +29,7 @@ from provisioner.lab.appliance import (
 from provisioner.lab.dhcpsniff import DhcpObserver
 from provisioner.lab.netns import LabNetwork
 from provisioner.lab.qemu import DiskSpec, Machine, MachineSpec
+from provisioner.lab.site import SiteDhcp, start_site_dnsmasq
 
 # Agent artifacts are slow to build; e2e runs share one build here unless
 # PROVISIONER_LAB_AGENT_DIR points elsewhere.
@@ -190,6 +191,19 @@ def dhcp_observer(lab: LabNetwork, tmp_path: Path) -> Iterator[Callable[..., Dhc
     yield start
     for observer in observers:
         observer.stop()
+
+
+@pytest.fixture
+def site_dhcp(lab: LabNetwork, tmp_path: Path) -> Callable[..., SiteDhcp]:
+    """start(first="10.77.0.50", last="10.77.0.99", router=None) -> SiteDhcp:
+    a site namespace (created if needed) joined to br0 at 10.77.0.2 running
+    dnsmasq as a plain DHCP server, for ProxyDHCP tests. Stopped by the lab."""
+
+    def start(**options: Any) -> SiteDhcp:
+        site = lab.site or lab.add_site()
+        return start_site_dnsmasq(lab, site, tmp_path / "site", **options)
+
+    return start
 
 
 @pytest.fixture(scope="session")

@@ -107,3 +107,14 @@ def test_proxy_config_next_to_a_site_namespace(lab, lab_config, appliance_factor
     # The site namespace reaches the appliance over the bridge.
     code, _ = lab.http_get(f"{appliance.url}/healthz", netns=site.netns)
     assert code == 200
+
+
+def test_site_dhcp_serves_a_firmware_client(lab, site_dhcp, vm_factory):
+    """The ProxyDHCP setting: dnsmasq in the site namespace leases an address
+    to a lab VM across the bridge (it offers no boot file, so iPXE gets an
+    address and nothing to boot)."""
+    site = site_dhcp(first="10.77.0.50", last="10.77.0.59")
+    vm = vm_factory("vm-site", firmware="bios")
+    found = vm.wait_for_serial(r"net0: (10\.77\.0\.5\d)/255\.255\.255\.0", DISCOVER_TIMEOUT)
+    vm.stop()
+    assert any(vm.spec.mac in lease and found.group(1) in lease for lease in site.leases())
