@@ -152,7 +152,8 @@ class DebCache:
             raise PackageError(f"{meta}: no linux-image-* dependency in {record.get('Depends')!r}")
         flavour = meta.removeprefix("linux-image-")
         names = sorted(
-            {n for (n, _v) in self._cached() if n.startswith("linux-image-") and n.endswith("-" + flavour) and n != meta},
+            # linux-image-6.1.0-56-amd64 for flavour amd64, not ...-cloud-amd64
+            {n for (n, _v) in self._cached() if re.fullmatch(r"linux-image-[0-9.]+-[0-9]+-" + re.escape(flavour), n)},
             # Numeric parts compared as numbers: 6.1.0-56 is newer than 6.1.0-9.
             key=lambda n: [int(x) if x.isdigit() else x for x in re.split(r"(\d+)", n)],
         )
