@@ -116,18 +116,15 @@ def _group_gone(pgid: int) -> bool:
     return False
 
 
-def _signal_group(pid: int, sig: int) -> None:
+def _signal_group(pgid: int, sig: int) -> None:
+    # Only the group: every lab process leads its own session, and signalling
+    # a bare PID after its leader was reaped could hit a recycled PID.
     try:
-        os.killpg(pid, sig)
+        os.killpg(pgid, sig)
     except ProcessLookupError:
         pass
-    except PermissionError:
-        # Not a group we lead (the process was started without a session):
-        # fall back to the PID itself.
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
+    except PermissionError as exc:
+        log.warning("lab: cannot signal process group %d: %s", pgid, exc)
 
 
 class LabNetwork:
