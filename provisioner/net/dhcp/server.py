@@ -144,6 +144,8 @@ class DhcpServer:
             self._close()
 
     def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop serving and close the sockets. Safe to call twice or before
+        start(); a stopped server is not restarted (make a new one)."""
         try:
             self._stop_w.send(b"x")
         except OSError:
@@ -152,6 +154,8 @@ class DhcpServer:
             if t is not threading.current_thread():
                 t.join(timeout)
         self._threads.clear()
+        if not self._running.is_set():
+            self._close()  # bound but never served
 
     def _close(self) -> None:
         for sock in self._socks:
