@@ -60,8 +60,8 @@ class DhcpServer:
 
     `store` may be a path to the state database (opened here, on a
     connection of our own), an open sqlite-utils Database, or a LeaseStore.
-    Ports are parameters so tests can run unprivileged; production uses 67
-    and 4011."""
+    `ports` defaults to 67 and 4011 (the PXE boot server port, answered in
+    both modes: harmless in full mode, required by UEFI in proxy mode)."""
 
     def __init__(
         self,
