@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+import uuid
 
 import pytest
 from pyroute2 import IPRoute
@@ -52,9 +53,9 @@ def test_firmware_sends_pxe_discover(lab, vm_factory, dhcp_observer, firmware, m
     assert packet["user_class"] == "iPXE"  # QEMU's NIC ROMs are iPXE
     assert packet["arch"] == arch
     assert packet["options"]["94"] == ndi
-    # iPXE does not copy the SMBIOS UUID into option 97 (it sends type 0 and
-    # sixteen zero bytes here); the appliance must not rely on it.
-    assert len(bytes.fromhex(packet["options"]["97"])) == 17
+    # Option 97 is type 0 plus the SMBIOS UUID in GUID byte order: the first
+    # three fields little-endian (QEMU without -uuid gives sixteen zeros).
+    assert packet["options"]["97"] == "00" + uuid.UUID(vm.spec.uuid).bytes_le.hex()
     # iPXE's own encapsulated options (175) identify an iPXE client too.
     assert "175" in packet["options"]
     print(f"{firmware}/{machine}: DHCPDISCOVER after {elapsed:.1f}s: {packet['vendor_class']}")
