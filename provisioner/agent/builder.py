@@ -108,7 +108,14 @@ class AgentManifest:
     def from_json(cls, doc: dict) -> "AgentManifest":
         return cls(
             kernel_version=doc["kernel_version"],
-            artifacts=tuple(Artifact(n, a["size"], a["sha256"]) for n, a in doc["artifacts"].items()),
+            # In build order (kernel first), whatever order the JSON keys have.
+            artifacts=tuple(
+                Artifact(n, a["size"], a["sha256"])
+                for n, a in sorted(
+                    doc["artifacts"].items(),
+                    key=lambda item: (ARTIFACTS.index(item[0]) if item[0] in ARTIFACTS else len(ARTIFACTS), item[0]),
+                )
+            ),
             compression=doc["compression"],
             packages=tuple(sorted(doc["packages"].items())),
             modules=tuple(doc["modules"]),
