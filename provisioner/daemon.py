@@ -60,7 +60,7 @@ def run(settings: Settings) -> int:
     from provisioner.db import open_db
     from provisioner.net.tftp import TftpServer
     from provisioner.web.app import create_app
-    from provisioner.web.server import make_server
+    from provisioner.web.server import make_server, run_until_closed
 
     info = resolve_interface(settings)
     check_ipxe_binaries(settings)
@@ -106,13 +106,7 @@ def run(settings: Settings) -> int:
         )
         sink.emit("appliance.started", f"serving on {info.name} {info.address}, dhcp {settings.network.dhcp}",
                   actor="daemon")
-        try:
-            http.run()
-        except (OSError, ValueError):
-            # waitress raises from its select loop once close() ran from a
-            # signal handler; anything else is a real failure.
-            if not stopped.is_set():
-                raise
+        run_until_closed(http, stopped)
     except OSError as exc:
         raise ConfigError(f"cannot bind: {exc.strerror or exc} (is another DHCP, TFTP or HTTP server running?)") from exc
     finally:

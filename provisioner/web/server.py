@@ -96,6 +96,19 @@ def _has_fd(f) -> bool:
         return False
 
 
+def run_until_closed(server, closing) -> None:
+    """Run waitress until `closing` is set and the server closed.
+
+    waitress has no stop call: closing its sockets from another thread (or a
+    signal handler) makes its select loop raise, which is the expected way
+    out once `closing` is set."""
+    try:
+        server.run()
+    except (OSError, ValueError):
+        if not closing.is_set():
+            raise
+
+
 def make_server(app, host: str, port: int, *, threads: int = 16):
     server = create_server(
         app,

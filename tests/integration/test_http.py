@@ -18,7 +18,7 @@ import pytest
 from provisioner.settings import parse
 from provisioner.web import server as web_server
 from provisioner.web.app import create_app
-from provisioner.web.server import make_server
+from provisioner.web.server import make_server, run_until_closed
 
 
 def free_port() -> int:
@@ -48,11 +48,14 @@ def appliance(tmp_path, monkeypatch):
     (agent / "manifest.json").write_text(json.dumps(
         {"artifacts": {"kernel": {"sha256": hashlib.sha256(blob).hexdigest(), "size": len(blob)}}}))
     srv = make_server(create_app(settings), "127.0.0.1", port, threads=4)
-    thread = threading.Thread(target=srv.run, daemon=True)
+    closing = threading.Event()
+    thread = threading.Thread(target=run_until_closed, args=(srv, closing), daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{port}", blob, calls
+    closing.set()
     srv.close()
     thread.join(5)
+    assert not thread.is_alive()
 
 
 def sent_through_sendfile(calls, expected, timeout=3.0):
