@@ -141,6 +141,7 @@ def _source_date_epoch() -> int:
 
 def _fetch_userland(cache: DebCache, sysroot: Path, log: Log) -> dict[str, Deb]:
     debs: dict[str, Deb] = {}
+    cache.prefetch([*TOOLS, *LIBRARIES])
     for name in (*TOOLS, *LIBRARIES):
         debs[name] = cache.get(name)
         unpack(debs[name], sysroot)
@@ -231,11 +232,31 @@ def _publish(staging: Path, out_dir: Path) -> None:
         os.replace(staging / name, out_dir / name)
 
 
+# Host tools the build runs; checked first so a missing one is one clear line.
+HOST_TOOLS = ("apt-get", "apt-cache", "dpkg-deb", "dpkg", "depmod")
+
+
+def _check_host_tools() -> None:
+    missing = [t for t in HOST_TOOLS if not shutil.which(t) and not Path("/sbin", t).exists()]
+    if missing:
+        raise BuildError("the agent build needs these tools (Debian: apt, dpkg, kmod): " + ", ".join(missing))
+
+
 def build_agent(out_dir: Path, cache_dir: Path, log: Callable[[str], None] = print) -> AgentManifest:
     """Build kernel, agent.cpio and modules.cpio into out_dir from Debian
-    packages (cached under cache_dir/debs) and write out_dir/manifest.json."""
-    out_dir = Path(out_dir)
-    cache_dir = Path(cache_dir)
+    packages (cached under cache_dir/debs) and write out_dir/manifest.json.
+
+    Raises BuildError or PackageError with a one-line reason; out_dir keeps
+    its previous artifacts when a build fails or is killed."""
+    _check_host_tools()
+    try:
+        return _build(Path(out_dir), Path(cache_dir), log)
+    except subprocess.CalledProcessError as exc:
+        cmd = " ".join(str(c) for c in exc.cmd) if isinstance(exc.cmd, list) else str(exc.cmd)
+        raise BuildError(f"{cmd} failed with status {exc.returncode}") from exc
+
+
+def _build(out_dir: Path, cache_dir: Path, log: Log) -> AgentManifest:
     out_dir.mkdir(parents=True, exist_ok=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
     sde = _source_date_epoch()

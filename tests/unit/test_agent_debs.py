@@ -5,6 +5,7 @@ apt is replaced by fakes; nothing here touches the network.
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ def cache_with(tmp_path: Path, names: list[str], records: dict[str, dict[str, st
     cache = debs.DebCache(tmp_path, log=lambda _msg: None)
     for name in names:
         (cache.dir / name).write_bytes(b"")
-    cache._show = lambda package: records.get(package)  # type: ignore[method-assign]
+    cache._show_many = lambda pkgs: {p: records[p] for p in pkgs if p in records}  # type: ignore[method-assign]
     cache._updated = True  # never run apt-get update in these tests
 
     def no_download(package: str, version: str) -> debs.Deb:
@@ -69,3 +70,35 @@ def test_kernel_offline_picks_numerically_newest(tmp_path: Path) -> None:
         {},
     )  # fmt: skip
     assert cache.resolve_kernel("linux-image-amd64") == "linux-image-6.1.0-56-amd64"
+
+
+APT_CACHE_SHOW = """\
+Package: kmod
+Version: 30+20221128-1
+Depends: libc6 (>= 2.34), liblzma5 (>= 5.1.1alpha+20120614)
+Description: tools for managing Linux kernel modules
+ This package contains a set of programs for loading, inserting, and
+ Version: not-a-field
+
+Package: libc6
+Version: 2.36-9+deb12u14
+Filename: pool/main/g/glibc/libc6_2.36-9+deb12u14_amd64.deb
+
+"""
+
+
+def test_one_apt_cache_call_for_many_packages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[list[str]] = []
+
+    def fake_run(cmd: list[str], **_kw: object) -> subprocess.CompletedProcess[str]:
+        calls.append(cmd)
+        # apt-cache exits 100 when one name is unknown but still prints the rest.
+        return subprocess.CompletedProcess(cmd, 100, APT_CACHE_SHOW, "E: No packages found")
+
+    monkeypatch.setattr(debs, "_run", fake_run)
+    cache = debs.DebCache(tmp_path, log=lambda _msg: None)
+    cache._updated = True
+    cache.prefetch(["kmod", "libc6", "no-such-package"])
+    assert cache.candidate("kmod")["Version"] == "30+20221128-1"
+    assert cache.candidate("libc6")["Version"] == "2.36-9+deb12u14"
+    assert len(calls) == 1

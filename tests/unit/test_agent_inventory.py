@@ -199,3 +199,19 @@ def test_uefi_when_efi_directory_exists(tmp_path: Path) -> None:
     env = fake_machine(tmp_path)
     (Path(env["SYSFS"]) / "firmware/efi").mkdir(parents=True)
     assert run_lib("firmware_type", env) == "uefi"
+
+
+INIT = resources.files("provisioner.agent") / "files" / "init"
+
+
+def test_init_parses_the_kernel_command_line(tmp_path: Path) -> None:
+    (tmp_path / "cmdline").write_text(
+        "BOOT_IMAGE=vmlinuz initrd=agent.cpio initrd=modules.cpio provisioner.url=http://10.0.0.1:8080/ "
+        "provisioner.token=abc-123 provisioner.mode=discover BOOTIF=01-52-54-00-AB-CD-EF console=ttyS0 *\n"
+    )
+    out = run_lib(
+        f'AGENT_LIB="{LIB}" AGENT_NO_MAIN=1 . "{INIT}"; parse_cmdline; '
+        'printf "%s|%s|%s|%s" "$URL" "$TOKEN" "$MODE" "$BOOT_MAC"',
+        {"PROCFS": str(tmp_path)},
+    )
+    assert out == "http://10.0.0.1:8080|abc-123|discover|52:54:00:ab:cd:ef"
