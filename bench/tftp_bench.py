@@ -83,30 +83,36 @@ def serve(root: Path, host: str) -> None:
     server.serve_forever()
 
 
-def drive(url: str, clients: int, size: int) -> None:
-    results: list[dict] = [{} for _ in range(clients)]
+def drive(url: str, clients: int, size: int, fetches: int) -> None:
+    """Start `clients` curl processes at once, each fetching `url` `fetches`
+    times in a row; print one JSON document with every transfer's result."""
+    results: list[list[dict]] = [[] for _ in range(clients)]
     starts = [0.0] * clients
     ends = [0.0] * clients
 
     def one(i: int) -> None:
         cmd = ["curl", "-sS", "--max-time", str(CLIENT_MAX_TIME), "--tftp-blksize", str(BLKSIZE),
-               "-o", "/dev/null", "-w", "%{size_download} %{time_total}", url]
+               "-w", "%{size_download} %{time_total}\\n"]
+        for _ in range(fetches):
+            cmd += ["-o", "/dev/null", url]
         starts[i] = time.monotonic()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         ends[i] = time.monotonic()
-        try:
-            got, total = proc.stdout.split()
-            ok = proc.returncode == 0 and int(got) == size
-            results[i] = {"ok": ok, "bytes": int(got), "time": float(total), "err": proc.stderr.strip()}
-        except ValueError:
-            results[i] = {"ok": False, "bytes": 0, "time": 0.0, "err": proc.stderr.strip()}
+        for line in proc.stdout.splitlines():
+            got, total = line.split()
+            results[i].append({"ok": int(got) == size, "bytes": int(got), "time": float(total)})
+        missing = fetches - sum(r["ok"] for r in results[i])
+        if missing:
+            results[i].append({"ok": False, "bytes": 0, "time": 0.0, "err": proc.stderr.strip()[-300:],
+                               "missing": missing})
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    print(json.dumps({"seconds": max(ends) - min(starts), "results": results}))
+    flat = [r for per_client in results for r in per_client]
+    print(json.dumps({"seconds": max(ends) - min(starts), "results": flat}))
 
 
 # --- the namespaces --------------------------------------------------------------
@@ -219,14 +225,14 @@ class Server:
             self.proc.wait(5)
 
 
-def measure(lab: Lab, server: str, loss: int, clients: int, size: int) -> RunResult:
+def measure(lab: Lab, server: str, loss: int, clients: int, size: int, fetches: int) -> RunResult:
     url = f"tftp://{lab.srv_ip}/{FILE_NAME}"
     cmd = ["ip", "netns", "exec", lab.cli_ns, sys.executable, str(Path(__file__).resolve()),
-           "--drive", url, str(clients), str(size)]
+           "--drive", url, str(clients), str(size), str(fetches)]
     # Its own process group, so an interrupted run ends its curl clients too.
     driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        out, _ = driver.communicate(timeout=CLIENT_MAX_TIME + 60)
+        out, _ = driver.communicate(timeout=CLIENT_MAX_TIME * fetches + 60)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
@@ -235,9 +241,9 @@ def measure(lab: Lab, server: str, loss: int, clients: int, size: int) -> RunRes
     good = [r for r in data["results"] if r["ok"]]
     for r in data["results"]:
         if not r["ok"]:
-            print(f"    failure: {r['err'] or 'short file'}", file=sys.stderr)
+            print(f"    failure: {r.get('err') or 'short file'}", file=sys.stderr)
     return RunResult(server, loss, clients, data["seconds"], sum(r["bytes"] for r in good),
-                     [r["time"] for r in good], clients - len(good))
+                     [r["time"] for r in good], clients * fetches - len(good))
 
 
 def merge(results: list[RunResult]) -> RunResult:
@@ -249,16 +255,18 @@ def merge(results: list[RunResult]) -> RunResult:
 
 
 def table(rows: list[tuple[RunResult, RunResult]]) -> str:
-    head = (f"{'loss':>4} {'clients':>7} | {'ours MB/s':>9} {'p50 s':>6} {'p99 s':>6} {'fail':>4} | "
-            f"{'dnsmasq MB/s':>12} {'p50 s':>6} {'p99 s':>6} {'fail':>4} | {'ratio':>5}")
-    lines = [head, "-" * len(head)]
+    def cells(r: RunResult) -> str:
+        return f"{r.mb_per_s:>8.2f} {r.pct(0.5):>7.3f} {r.pct(0.99):>7.3f} {r.failures:>4} {r.cpu:>5.2f}"
+
+    sub = f"{'MB/s':>8} {'p50 s':>7} {'p99 s':>7} {'fail':>4} {'cpu s':>5}"
+    lines = [
+        f"{'':>4} {'':>7} | {'provisioner (tftpy codec)':^36} | {'dnsmasq':^36} | ours/",
+        f"{'loss':>4} {'clients':>7} | {sub} | {sub} | {'dnsmasq':>7}",
+    ]
+    lines.append("-" * len(lines[-1]))
     for ours, theirs in rows:
         ratio = ours.mb_per_s / theirs.mb_per_s if theirs.mb_per_s else float("nan")
-        lines.append(
-            f"{ours.loss:>3}% {ours.clients:>7} | {ours.mb_per_s:>9.1f} {ours.pct(0.5):>6.3f} {ours.pct(0.99):>6.3f} "
-            f"{ours.failures:>4} | {theirs.mb_per_s:>12.1f} {theirs.pct(0.5):>6.3f} {theirs.pct(0.99):>6.3f} "
-            f"{theirs.failures:>4} | {ratio:>5.2f}"
-        )
+        lines.append(f"{ours.loss:>3}% {ours.clients:>7} | {cells(ours)} | {cells(theirs)} | {ratio:>7.2f}")
     return "\n".join(lines)
 
 
@@ -282,7 +290,7 @@ def bench(args: argparse.Namespace) -> int:
         (root / FILE_NAME).chmod(0o644)
         with Lab() as lab:
             print(f"namespaces {lab.srv_ns} ({lab.srv_ip}) <-> {lab.cli_ns} ({lab.cli_ip}); "
-                  f"file {size} bytes; load {os.getloadavg()[0]:.2f}", flush=True)
+                  f"file {size} bytes; {os.cpu_count()} CPUs; load {os.getloadavg()[0]:.2f}", flush=True)
             for loss in losses:
                 lab.set_loss(loss)
                 for clients in counts:
@@ -294,10 +302,11 @@ def bench(args: argparse.Namespace) -> int:
                             with Server(lab, kind, root) as server:
                                 lab.set_loss(loss)
                                 cpu = server.cpu_seconds()
-                                result = measure(lab, kind, loss, clients, size)
+                                fetches = args.fetches if loss == 0 else 1
+                                result = measure(lab, kind, loss, clients, size, fetches)
                                 result = dataclasses.replace(result, cpu=server.cpu_seconds() - cpu)
                             collected[kind].append(result)
-                            print(f"  {kind:11} loss {loss}% clients {clients:2}: {result.mb_per_s:7.1f} MB/s "
+                            print(f"  {kind:11} loss {loss}% clients {clients:2}: {result.mb_per_s:7.2f} MB/s "
                                   f"p50 {result.pct(0.5):.3f}s p99 {result.pct(0.99):.3f}s fail {result.failures} "
                                   f"server cpu {result.cpu:.2f}s", flush=True)
                     rows.append((merge(collected["provisioner"]), merge(collected["dnsmasq"])))
@@ -315,17 +324,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--counts", default="1,10,50", help="parallel clients per run (default 1,10,50)")
     parser.add_argument("--losses", default="0,2", help="percent UDP loss each way, one pass per value (default 0,2)")
+    parser.add_argument("--fetches", type=int, default=5,
+                        help="downloads per client, one after the other, in loss-free runs (lossy runs: 1)")
     parser.add_argument("--repeat", type=int, default=3, help="repeats of each loss-free run (median kept)")
     parser.add_argument("--loss-repeat", type=int, default=1, help="repeats of each lossy run")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--serve", nargs=2, metavar=("ROOT", "HOST"), help=argparse.SUPPRESS)
-    parser.add_argument("--drive", nargs=3, metavar=("URL", "N", "SIZE"), help=argparse.SUPPRESS)
+    parser.add_argument("--drive", nargs=4, metavar=("URL", "N", "SIZE", "FETCHES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(Path(args.serve[0]), args.serve[1])
         return 0
     if args.drive:
-        drive(args.drive[0], int(args.drive[1]), int(args.drive[2]))
+        drive(args.drive[0], int(args.drive[1]), int(args.drive[2]), int(args.drive[3]))
         return 0
     signal.signal(signal.SIGTERM, _interrupt)
     return bench(args)
