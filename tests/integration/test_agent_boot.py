@@ -148,20 +148,35 @@ class Boot:
     seconds: float
 
 
-def boot(artifacts: Path, tmp_path: Path, port: int, token: str, until: threading.Event | None = None) -> Boot:
-    """Boot the agent with two virtio disks and one virtio NIC; return when
-    QEMU exits by itself (or was killed after BOOT_TIMEOUT)."""
+def disk_image(path: Path, size: int, ext4: bool = False) -> Path:
+    with path.open("wb") as f:
+        f.truncate(size)
+    if ext4 and MKFS:
+        subprocess.run([MKFS, "-q", "-F", "-t", "ext4", str(path)], check=True)
+    return path
+
+
+def virtio_pc(tmp_path: Path) -> list[str]:
+    """i440fx, BIOS, one virtio NIC, two virtio disks (the second with ext4)."""
+    blank = disk_image(tmp_path / "d1.img", 64 << 20)
+    used = disk_image(tmp_path / "d2.img", 32 << 20, ext4=True)
+    return [
+        "-machine", "pc",
+        "-netdev", "user,id=n0", "-device", f"virtio-net-pci,netdev=n0,mac={MAC}",
+        "-drive", f"file={blank},format=raw,if=none,id=d1",
+        "-device", f"virtio-blk-pci,drive=d1,serial={SERIALS[0]}",
+        "-drive", f"file={used},format=raw,if=none,id=d2",
+        "-device", f"virtio-blk-pci,drive=d2,serial={SERIALS[1]}",
+    ]  # fmt: skip
+
+
+def boot(
+    artifacts: Path, tmp_path: Path, port: int, token: str, machine: list[str], until: threading.Event | None = None
+) -> Boot:
+    """Boot the agent on the given QEMU machine; return when QEMU exits by
+    itself, or after killing it at BOOT_TIMEOUT."""
     initrd = tmp_path / "initrd"
     concat_initrds([artifacts / "agent.cpio", artifacts / "modules.cpio"], initrd)
-    blank = tmp_path / "d1.img"
-    with blank.open("wb") as f:
-        f.truncate(64 << 20)
-    used = tmp_path / "d2.img"
-    with used.open("wb") as f:
-        f.truncate(32 << 20)
-    if MKFS:
-        subprocess.run([MKFS, "-q", "-F", "-t", "ext4", str(used)], check=True)
-
     log = tmp_path / "serial.log"
     append = " ".join(
         [
@@ -176,22 +191,20 @@ def boot(artifacts: Path, tmp_path: Path, port: int, token: str, until: threadin
         ]
     )
     cmd = [
-        QEMU, "-accel", "tcg,thread=single", "-machine", "pc", "-m", "1024", "-smp", "2",
+        QEMU, "-accel", "tcg,thread=single", "-m", "1024", "-smp", "2",
         "-nographic", "-monitor", "none", "-serial", f"file:{log}", "-no-reboot",
         "-uuid", UUID,
         "-kernel", str(artifacts / "kernel"), "-initrd", str(initrd), "-append", append,
-        "-netdev", "user,id=n0", "-device", f"virtio-net-pci,netdev=n0,mac={MAC}",
-        "-drive", f"file={blank},format=raw,if=none,id=d1",
-        "-device", f"virtio-blk-pci,drive=d1,serial={SERIALS[0]}",
-        "-drive", f"file={used},format=raw,if=none,id=d2",
-        "-device", f"virtio-blk-pci,drive=d2,serial={SERIALS[1]}",
+        *machine,
     ]  # fmt: skip
     started = time.monotonic()
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = started + BOOT_TIMEOUT
+    with (tmp_path / "qemu.log").open("wb") as qemu_log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=qemu_log, stderr=subprocess.STDOUT)
     try:
         if until is not None and until.wait(BOOT_TIMEOUT):
             print(f"TCG boot-to-report {time.monotonic() - started:.1f}s")
-        proc.wait(timeout=BOOT_TIMEOUT)
+        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
         pass
     finally:
@@ -203,7 +216,9 @@ def boot(artifacts: Path, tmp_path: Path, port: int, token: str, until: threadin
             code = proc.returncode
     seconds = time.monotonic() - started
     print(f"TCG boot-to-poweroff {seconds:.1f}s")
-    return Boot(code, log.read_text(errors="replace") if log.exists() else "", seconds)
+    serial = log.read_text(errors="replace") if log.exists() else ""
+    serial += "\n--- qemu output ---\n" + (tmp_path / "qemu.log").read_text(errors="replace")
+    return Boot(code, serial, seconds)
 
 
 def tail(text: str, lines: int = 60) -> str:
@@ -214,7 +229,7 @@ def tail(text: str, lines: int = 60) -> str:
 @pytest.mark.timeout(BOOT_TIMEOUT + 300)
 def test_agent_discovers_and_powers_off(artifacts: Path, api_server, tmp_path: Path) -> None:
     api, port = api_server
-    result = boot(artifacts, tmp_path, port, TOKEN, until=api.reported)
+    result = boot(artifacts, tmp_path, port, TOKEN, virtio_pc(tmp_path), until=api.reported)
 
     assert api.reports, "no report; serial log:\n" + tail(result.serial)
     assert result.returncode == 0, "QEMU did not power off by itself; serial log:\n" + tail(result.serial)
@@ -259,12 +274,56 @@ def test_rejected_token_reports_error_and_powers_off(artifacts: Path, api_server
     """A refused plan must end in a clear console message and a power-off,
     never in a machine hanging in the agent."""
     api, port = api_server
-    result = boot(artifacts, tmp_path, port, "not-the-token")
+    result = boot(artifacts, tmp_path, port, "not-the-token", virtio_pc(tmp_path))
     assert result.returncode == 0, "QEMU did not power off by itself; serial log:\n" + tail(result.serial)
     assert "provisioner-agent: phase=error" in result.serial
     assert "403" in result.serial
     assert not api.reports and api.plans == 0
     assert [e["phase"] for e in api.events if e.get("token") == "not-the-token"] == ["network-up", "error"]
+
+
+OVMF = next((p for p in (Path("/usr/share/qemu/OVMF.fd"), Path("/usr/share/ovmf/OVMF.fd")) if p.exists()), None)
+
+
+@pytest.mark.skipif(QEMU is None or OVMF is None, reason="needs qemu-system-x86_64 and OVMF")
+@pytest.mark.timeout(BOOT_TIMEOUT + 300)
+def test_agent_on_a_server_like_uefi_machine(artifacts: Path, api_server, tmp_path: Path) -> None:
+    """q35 with UEFI, an AHCI SATA disk, an NVMe disk, the boot NIC on e1000e
+    and a second NIC: the drivers come from modules.cpio by modalias, and
+    the BOOTIF NIC is the one used and marked."""
+    api, port = api_server
+    sata = disk_image(tmp_path / "sata.img", 48 << 20, ext4=True)
+    nvme = disk_image(tmp_path / "nvme.img", 16 << 20)
+    machine = [
+        "-machine", "q35", "-bios", str(OVMF),
+        "-netdev", "user,id=n1", "-device", "virtio-net-pci,netdev=n1,mac=52:54:00:00:00:99",
+        "-netdev", "user,id=n0", "-device", f"e1000e,netdev=n0,mac={MAC}",
+        "-drive", f"file={sata},format=raw,if=none,id=s1",
+        "-device", "ide-hd,drive=s1,bus=ide.0,serial=SATA-SERIAL-1",
+        "-drive", f"file={nvme},format=raw,if=none,id=v1",
+        "-device", "nvme,drive=v1,serial=NVME-SERIAL-1",
+    ]  # fmt: skip
+    result = boot(artifacts, tmp_path, port, TOKEN, machine, until=api.reported)
+    assert api.reports, "no report; serial log:\n" + tail(result.serial)
+    assert result.returncode == 0, "QEMU did not power off by itself; serial log:\n" + tail(result.serial)
+
+    hw = api.reports[0]["hardware"]
+    assert hw["firmware"] == "uefi"
+    disks = {d["serial"]: d for d in hw["disks"]}
+    assert disks["SATA-SERIAL-1"]["transport"] == "sata"
+    assert disks["SATA-SERIAL-1"]["by_path"] == "pci-0000:00:1f.2-ata-1"
+    assert disks["SATA-SERIAL-1"]["size_bytes"] == 48 << 20
+    assert disks["SATA-SERIAL-1"]["model"] == "QEMU HARDDISK"
+    assert disks["SATA-SERIAL-1"]["wwn"] is None  # QEMU gives only a t10. identifier
+    if MKFS:
+        assert disks["SATA-SERIAL-1"]["signatures"] == ["ext4"]
+    assert disks["NVME-SERIAL-1"]["transport"] == "nvme"
+    assert disks["NVME-SERIAL-1"]["by_path"].endswith("-nvme-1")
+    assert disks["NVME-SERIAL-1"]["size_bytes"] == 16 << 20
+    nics = {n["mac"]: n for n in hw["nics"]}
+    assert nics[MAC]["driver"] == "e1000e" and nics[MAC]["boot"] is True
+    assert nics["52:54:00:00:00:99"]["driver"] == "virtio_net" and nics["52:54:00:00:00:99"]["boot"] is False
+    assert hw["system"]["uuid"] == UUID
 
 
 def test_rebuild_downloads_nothing_and_is_reproducible(artifacts: Path, tmp_path: Path) -> None:

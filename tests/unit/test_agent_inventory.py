@@ -215,3 +215,10 @@ def test_init_parses_the_kernel_command_line(tmp_path: Path) -> None:
         {"PROCFS": str(tmp_path)},
     )
     assert out == "http://10.0.0.1:8080|abc-123|discover|52:54:00:ab:cd:ef"
+
+
+def test_t10_identifier_is_not_a_wwn(tmp_path: Path) -> None:
+    env = fake_machine(tmp_path)
+    scsi = Path(env["SYSFS"]) / "devices/pci0000:00/0000:00:1f.2/ata3/host2/target2:0:0/2:0:0:0"
+    (scsi / "wwid").write_text("t10.ATA     QEMU HARDDISK                           QM00001\n")
+    assert run_lib("disk_wwn sda", env) == ""

@@ -68,12 +68,17 @@ disk_serial() {
 }
 
 # World wide name: SCSI "naa.5000..." in lsblk's 0x5000... form; NVMe
-# eui./nvme. identifiers as the kernel gives them.
+# eui./nvme. identifiers as the kernel gives them. A "t10." identifier is
+# vendor + model + serial padded with spaces, not a world wide name: null.
 disk_wwn() {
 	for _f in "$SYSFS/block/$1/wwid" "$SYSFS/block/$1/device/wwid"; do
 		_v=$(attr "$_f")
 		if [ -n "$_v" ]; then
-			case "$_v" in naa.*) printf '0x%s' "${_v#naa.}" ;; *) printf '%s' "$_v" ;; esac
+			case "$_v" in
+			naa.*) printf '0x%s' "${_v#naa.}" ;;
+			t10.*) ;;
+			*) printf '%s' "$_v" ;;
+			esac
 			return
 		fi
 	done
