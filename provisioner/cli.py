@@ -72,10 +72,9 @@ def cmd_agent_build(args) -> int:
     from provisioner.agent.builder import build_agent
 
     settings = _settings(args)
-    manifest = build_agent(settings.agent_dir, settings.cache_dir, log=lambda line: print(line, flush=True))
-    print(f"agent built in {settings.agent_dir}")
-    if hasattr(manifest, "kernel_version"):
-        print(f"kernel {manifest.kernel_version}")
+    manifest = build_agent(settings.agent_dir, settings.cache_dir, log=lambda line: print(line, flush=True),
+                           force=args.force)
+    print(f"agent in {settings.agent_dir}: kernel {manifest.kernel_version}")
     return 0
 
 
@@ -185,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("agent", help="the discovery agent")
     asub = s.add_subparsers(dest="agent_command", required=True, metavar="ACTION")
     a = asub.add_parser("build", parents=[common], help="build the agent kernel and initrds from Debian packages")
+    a.add_argument("--force", action="store_true", help="rebuild even when the inputs are unchanged")
     a.set_defaults(func=cmd_agent_build)
 
     s = sub.add_parser("host", help="hosts known to the appliance")

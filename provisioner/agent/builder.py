@@ -8,6 +8,8 @@ into one rootfs, so iPXE can pair the same agent.cpio with any modules.cpio.
 
 from __future__ import annotations
 
+from provisioner.errors import ProvisionerError
+
 import fcntl
 import hashlib
 import json
@@ -68,8 +70,8 @@ SKIP_APPLETS = frozenset({"init", "linuxrc"})
 ARTIFACTS = ("kernel", "agent.cpio", "modules.cpio")
 
 
-class BuildError(Exception):
-    pass
+class BuildError(ProvisionerError):
+    """The agent build failed; the message is one line saying why."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,10 @@ class AgentManifest:
     packages: tuple[tuple[str, str], ...]  # (package, version), sorted
     modules: tuple[str, ...]
     source_date_epoch: int
+    # Digest of what the build is made of: this package's code and files and
+    # the Debian package versions. Equal inputs mean equal artifacts, so a
+    # build with the same inputs is skipped.
+    inputs: str = ""
 
     def artifact(self, name: str) -> Artifact:
         for a in self.artifacts:
@@ -102,6 +108,7 @@ class AgentManifest:
             "packages": dict(self.packages),
             "modules": list(self.modules),
             "source_date_epoch": self.source_date_epoch,
+            "inputs": self.inputs,
         }
 
     @classmethod
@@ -120,6 +127,7 @@ class AgentManifest:
             packages=tuple(sorted(doc["packages"].items())),
             modules=tuple(doc["modules"]),
             source_date_epoch=doc["source_date_epoch"],
+            inputs=doc.get("inputs", ""),
         )
 
 
@@ -225,6 +233,43 @@ def _agent_entries(root: Path) -> list[cpio.Entry]:
     return [*cpio.entries_from_tree(root), console]
 
 
+def build_inputs(cache: DebCache, kernel_pkg: str, sde: int, method: str) -> str:
+    """What the artifacts depend on, as one digest: the code and files of
+    provisioner.agent, the candidate versions of every package it takes, the
+    timestamp and the compressor."""
+    h = hashlib.sha256()
+    here = resources.files("provisioner.agent")
+    sources = sorted(
+        [f"{p.name}" for p in here.iterdir() if p.name.endswith(".py")]
+        + [f"files/{p.name}" for p in (here / "files").iterdir() if p.is_file()]
+    )
+    for rel in sources:
+        h.update(rel.encode() + b"\0" + (here / rel).read_bytes() + b"\0")
+    cache.prefetch([*TOOLS, *LIBRARIES, kernel_pkg])
+    for package in sorted({*TOOLS, *LIBRARIES, kernel_pkg}):
+        record = cache.candidate(package)
+        version = record["Version"] if record else getattr(cache.newest_cached(package), "version", "?")
+        h.update(f"{package}={version}\n".encode())
+    h.update(f"sde={sde} compression={method}\n".encode())
+    return h.hexdigest()
+
+
+def up_to_date(out_dir: Path, inputs: str) -> AgentManifest | None:
+    """The manifest in out_dir if it was built from `inputs` and its
+    artifacts are there with the recorded digests."""
+    try:
+        manifest = read_manifest(out_dir)
+    except (OSError, ValueError, KeyError):
+        return None
+    if manifest.inputs != inputs:
+        return None
+    for a in manifest.artifacts:
+        path = out_dir / a.name
+        if not path.is_file() or path.stat().st_size != a.size or _sha256(path) != a.sha256:
+            return None
+    return manifest
+
+
 def _publish(staging: Path, out_dir: Path) -> None:
     """Move finished artifacts into place, manifest last: each rename is
     atomic, and a reader that trusts manifest.json sees a complete set."""
@@ -242,21 +287,25 @@ def _check_host_tools() -> None:
         raise BuildError("the agent build needs these tools (Debian: apt, dpkg, kmod): " + ", ".join(missing))
 
 
-def build_agent(out_dir: Path, cache_dir: Path, log: Callable[[str], None] = print) -> AgentManifest:
+def build_agent(
+    out_dir: Path, cache_dir: Path, log: Callable[[str], None] = print, *, force: bool = False
+) -> AgentManifest:
     """Build kernel, agent.cpio and modules.cpio into out_dir from Debian
     packages (cached under cache_dir/debs) and write out_dir/manifest.json.
 
     Raises BuildError or PackageError with a one-line reason; out_dir keeps
-    its previous artifacts when a build fails or is killed."""
+    its previous artifacts when a build fails or is killed. When out_dir
+    already holds a build of the same inputs (build_inputs), nothing is
+    rebuilt unless `force`."""
     _check_host_tools()
     try:
-        return _build(Path(out_dir), Path(cache_dir), log)
+        return _build(Path(out_dir), Path(cache_dir), log, force)
     except subprocess.CalledProcessError as exc:
         cmd = " ".join(str(c) for c in exc.cmd) if isinstance(exc.cmd, list) else str(exc.cmd)
         raise BuildError(f"{cmd} failed with status {exc.returncode}") from exc
 
 
-def _build(out_dir: Path, cache_dir: Path, log: Log) -> AgentManifest:
+def _build(out_dir: Path, cache_dir: Path, log: Log, force: bool = False) -> AgentManifest:
     out_dir.mkdir(parents=True, exist_ok=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
     sde = _source_date_epoch()
@@ -271,6 +320,11 @@ def _build(out_dir: Path, cache_dir: Path, log: Log) -> AgentManifest:
 
         cache = DebCache(cache_dir, log)
         kernel_pkg = cache.resolve_kernel(KERNEL_META)
+        inputs = build_inputs(cache, kernel_pkg, sde, method)
+        current = None if force else up_to_date(out_dir, inputs)
+        if current is not None:
+            log(f"agent: {out_dir} is up to date (kernel {current.kernel_version}, inputs {inputs[:16]})")
+            return current
         kernel_deb = cache.get(kernel_pkg)
 
         staging = Path(tempfile.mkdtemp(prefix=".agent-tmp-", dir=out_dir))
@@ -310,6 +364,7 @@ def _build(out_dir: Path, cache_dir: Path, log: Log) -> AgentManifest:
                 packages=tuple(sorted(packages.items())),
                 modules=chosen.modules,
                 source_date_epoch=sde,
+                inputs=inputs,
             )
             (staging / "manifest.json").write_text(json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n")
             _publish(staging, out_dir)

@@ -8,6 +8,8 @@ that name is used, so a once-built appliance can rebuild without a mirror.
 
 from __future__ import annotations
 
+from provisioner.errors import ProvisionerError
+
 import re
 import shutil
 import subprocess
@@ -19,8 +21,8 @@ from typing import Callable
 Log = Callable[[str], None]
 
 
-class PackageError(Exception):
-    pass
+class PackageError(ProvisionerError):
+    """The agent build failed; the message is one line saying why."""
 
 
 @dataclass(frozen=True)

@@ -82,15 +82,11 @@ def preflight() -> str | None:
 
 
 def ensure_agent(workdir: Path, log: Log) -> Path:
-    """Build the agent into workdir/agent with `provisioner agent build`
-    unless a complete set is already there."""
+    """Build the agent into workdir/agent with `provisioner agent build`,
+    which returns at once when the build there is of the same inputs."""
     agent_dir = workdir / "agent"
     build = write_config(workdir / "build.toml", state_dir=workdir / "build", agent_dir=agent_dir)
-    missing = agent_missing(build)
-    if not missing:
-        log(f"agent: using {agent_dir}")
-        return agent_dir
-    log(f"agent: building into {agent_dir} (missing: {', '.join(missing)}); this takes a while")
+    log(f"agent: building into {agent_dir} if its inputs changed (the first build takes a minute or two)")
     proc = subprocess.Popen(
         [sys.executable, "-m", "provisioner", "agent", "build", "--config", str(build.path)],
         stdout=subprocess.PIPE,

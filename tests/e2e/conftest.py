@@ -21,7 +21,6 @@ import pytest
 from provisioner.lab.appliance import (
     Appliance,
     LabConfig,
-    agent_missing,
     find_host,
     host_list,
     write_config,
@@ -217,15 +216,16 @@ def agent_dir() -> Path:
     config = write_config(
         SHARED_AGENT_ROOT / "build.toml", state_dir=state, agent_dir=SHARED_AGENT_ROOT / "agent"
     )
-    if agent_missing(config):
-        done = subprocess.run(
-            [sys.executable, "-m", "provisioner", "agent", "build", "--config", str(config.path)],
-            capture_output=True,
-            text=True,
-            timeout=1800,
-        )
-        if done.returncode != 0:
-            pytest.fail(f"provisioner agent build failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    # Always asked: the build returns at once when its inputs are unchanged,
+    # and rebuilds when the agent's code or the Debian packages changed.
+    done = subprocess.run(
+        [sys.executable, "-m", "provisioner", "agent", "build", "--config", str(config.path)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if done.returncode != 0:
+        pytest.fail(f"provisioner agent build failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     return SHARED_AGENT_ROOT / "agent"
 
 

@@ -8,7 +8,6 @@ would."""
 
 from __future__ import annotations
 
-import pytest
 
 from provisioner.lab.qemu import DiskSpec
 
