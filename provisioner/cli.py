@@ -44,10 +44,10 @@ def _size(n: int | None) -> str:
     return str(n)
 
 
-def _table(rows: list[list[str]], header: list[str]) -> None:
+def _table(rows: list[list[str]], header: list[str], indent: str = "") -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+        print(indent + "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
 
 
 # --- commands ---
@@ -122,13 +122,15 @@ def cmd_host_show(args) -> int:
     _table(
         [[d["name"], _size(d.get("size_bytes")), d.get("serial") or "-", d.get("wwn") or "-", d.get("model") or "-",
           d.get("by_path") or "-", ",".join(d.get("signatures") or []) or "-"] for d in hw.get("disks", [])],
-        ["  NAME", "SIZE", "SERIAL", "WWN", "MODEL", "BY-PATH", "SIGNATURES"],
+        ["NAME", "SIZE", "SERIAL", "WWN", "MODEL", "BY-PATH", "SIGNATURES"],
+        indent="  ",
     )
     print("nics:")
     _table(
         [[n.get("name") or "-", n.get("mac") or "-", n.get("driver") or "-",
           {True: "up", False: "down"}.get(n.get("link"), "-")] for n in hw.get("nics", [])],
-        ["  NAME", "MAC", "DRIVER", "LINK"],
+        ["NAME", "MAC", "DRIVER", "LINK"],
+        indent="  ",
     )
     return 0
 

@@ -72,3 +72,36 @@ def test_serve_refuses_a_missing_interface_before_binding(config):
 
 def test_config_check(config):
     assert run("config", "check", config=config).stdout.strip().endswith(": ok")
+
+
+def test_host_show_prints_the_discovered_hardware(config):
+    import re
+
+    from provisioner.db import open_db
+    from provisioner.service import Service
+    from provisioner.settings import load
+
+    settings = load(config)
+    svc = Service(settings, open_db(settings.db_path))
+    script = svc.boot_script("52:54:00:aa:00:09", "http://10.77.0.1:8080")
+    token = re.search(r"provisioner\.token=(\S+)", script).group(1)
+    svc.agent_report(token, {
+        "disks": [{"name": "nvme0n1", "size_bytes": 2 << 30, "serial": "NVME-SER-1", "wwn": "eui.0011",
+                   "model": "QEMU NVMe Ctrl", "by_path": "pci-0000:00:05.0-nvme-1", "signatures": ["gpt"]}],
+        "nics": [{"name": "eth0", "mac": "52:54:00:aa:00:09", "driver": "e1000e", "link": True}],
+        "memory_bytes": 1 << 30, "cpu": {"count": 2, "model": "QEMU Virtual CPU"},
+        "system": {"uuid": "u-1", "vendor": "QEMU", "product": "Standard PC"}, "firmware": "uefi",
+    })
+    out = run("host", "show", "host-525400aa0009", config=config).stdout.splitlines()
+    assert "state:    discovered" in out
+    assert "firmware: uefi" in out
+    assert "memory:   1.0 GiB" in out
+    disks = out.index("disks:")
+    header, row = out[disks + 1], out[disks + 2]
+    assert header.split() == ["NAME", "SIZE", "SERIAL", "WWN", "MODEL", "BY-PATH", "SIGNATURES"]
+    assert header.startswith("  NAME") and row.startswith("  nvme0n1")
+    # Columns line up under their headers.
+    assert row.index("NVME-SER-1") == header.index("SERIAL")
+    assert row.index("pci-0000:00:05.0-nvme-1") == header.index("BY-PATH")
+    nics = out.index("nics:")
+    assert out[nics + 2].split() == ["eth0", "52:54:00:aa:00:09", "e1000e", "up"]
