@@ -51,10 +51,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Literal, Self
 
 from tftpy.TftpPacketFactory import TftpPacketFactory
-from tftpy.TftpPacketTypes import TftpPacketERR, TftpPacketOACK, TftpPacketRRQ, TftpPacketWRQ
+from tftpy.TftpPacketTypes import (
+    TftpPacketERR,
+    TftpPacketOACK,
+    TftpPacketRRQ,
+    TftpPacketWRQ,
+)
 from tftpy.TftpShared import TftpErrors
 
 log = logging.getLogger(__name__)
@@ -269,7 +274,7 @@ class TftpServer:
             self._sock.close()
             self._sock = None
 
-    def __enter__(self) -> TftpServer:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -370,7 +375,7 @@ class TftpServer:
             return
         try:
             packet = self._factory.parse(data)
-        except Exception as exc:  # tftpy raises several types on bad input
+        except Exception as exc:  # noqa: BLE001 - tftpy raises struct, Unicode and its own errors
             log.warning("tftp: dropped a malformed request from %s:%d: %s", *client, exc)
             return
         filename = packet.filename or ""

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Self
 
 import pytest
 
@@ -86,7 +87,7 @@ def curl_get(server: TftpServer, name: str, out: Path, blksize: int | None = Non
     cmd = ["curl", "-sS", "--max-time", "20", "-o", str(out)]
     if blksize:
         cmd += ["--tftp-blksize", str(blksize)]
-    return subprocess.run(cmd + [f"tftp://127.0.0.1:{port(server)}/{name}"], capture_output=True, timeout=30)
+    return subprocess.run(cmd + [f"tftp://127.0.0.1:{port(server)}/{name}"], capture_output=True, timeout=30, check=False)
 
 
 def atftp_get(server: TftpServer, name: str, out: Path, *options: str) -> subprocess.CompletedProcess:
@@ -94,13 +95,13 @@ def atftp_get(server: TftpServer, name: str, out: Path, *options: str) -> subpro
     for opt in options:
         cmd += ["--option", opt]
     cmd += ["-g", "-r", name, "-l", str(out), "127.0.0.1", str(port(server))]
-    return subprocess.run(cmd, capture_output=True, timeout=30)
+    return subprocess.run(cmd, capture_output=True, timeout=30, check=False)
 
 
 def hpa(server: TftpServer, command: str, mode: str = "binary") -> bytes:
     """Run tftp-hpa; it reports errors on stdout and exits 0, so return its output."""
     cmd = ["tftp", "-m", mode, "127.0.0.1", str(port(server)), "-c", *command.split()]
-    result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+    result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30, check=False)
     return result.stdout
 
 
@@ -439,7 +440,7 @@ class LossySocket:
     def __getattr__(self, name: str) -> object:
         return getattr(self._sock, name)
 
-    def __enter__(self) -> LossySocket:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
