@@ -270,9 +270,11 @@ class TftpServer:
             self._thread.join()
             self._thread = None
         elif self._epoll is None and self._sock is not None:
-            # Bound but never served: nothing else will close the socket.
+            # Bound but never served: nothing else will close the sockets.
             self._sock.close()
             self._sock = None
+            self._wake_r.close()
+            self._wake_w.close()
 
     def __enter__(self) -> Self:
         self.start()
