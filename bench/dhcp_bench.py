@@ -15,7 +15,6 @@ seconds per server.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import secrets
 import socket
@@ -31,13 +30,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from provisioner.lab.netns import in_netns  # noqa: E402
 from provisioner.net.dhcp.codec import FLAG_BROADCAST, DhcpPacket, build, parse  # noqa: E402
 
 SERVER_IP = "10.40.0.1"
 CLIENT_IP = "10.40.0.2"
 POOL = ("10.40.1.0", "10.40.15.254")
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 OUR_SERVER = """
 import sys, logging
@@ -53,23 +51,6 @@ DhcpServer(cfg, "{db}").serve_forever()
 
 def sh(*args: str) -> None:
     subprocess.run(args, check=True, capture_output=True, timeout=20)
-
-
-@contextmanager
-def in_netns(name: str):
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns")
-        try:
-            yield
-        finally:
-            if _libc.setns(own, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back")
-    finally:
-        os.close(own)
-        os.close(target)
 
 
 @contextmanager

@@ -19,6 +19,7 @@ forking after setns() in this (possibly threaded) process.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import secrets
@@ -26,9 +27,10 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Sequence
+from typing import IO, Any, Callable, Iterator, Sequence
 
 from netaddr import IPNetwork
 from pyroute2 import IPRoute, netns
@@ -386,6 +388,30 @@ class LabNetwork:
         if problems:
             raise LabError("lab cleanup incomplete: " + "; ".join(problems))
 
+
+
+_CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@contextmanager
+def in_netns(name: str) -> Iterator[None]:
+    """Run this thread (only) inside a named namespace; sockets made inside
+    stay there after it switches back. For tests and benchmarks that need a
+    socket in a namespace without a subprocess."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if _libc.setns(target, _CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {name}")
+        try:
+            yield
+        finally:
+            if _libc.setns(own, _CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back to our own namespace")
+    finally:
+        os.close(own)
+        os.close(target)
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.5) -> bool:
     """Poll predicate() until it is true or timeout seconds have passed."""

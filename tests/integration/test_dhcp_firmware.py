@@ -8,12 +8,11 @@ Slow under TCG (about 15 s a boot), so marked e2e; needs root and QEMU.
 
 from __future__ import annotations
 
-import ctypes
 import http.server
-import socket
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -23,6 +22,7 @@ from ipaddress import IPv4Network
 
 import pytest
 
+from provisioner.lab.netns import in_netns
 from provisioner.net.dhcp.config import DhcpConfig
 from provisioner.net.dhcp.server import DhcpServer
 
@@ -33,8 +33,6 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="no QEMU"),
 ]
 
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
 SERVER_IP = "10.78.0.1"
 SITE_IP = "10.78.0.254"
 MAC = "52:54:00:de:00:01"
@@ -43,24 +41,6 @@ BOOT_PATH = "/boot/ipxe?mac=52-54-00-de-00-01"
 
 def sh(*args: str) -> None:
     subprocess.run(args, check=True, capture_output=True, timeout=20)
-
-
-@contextmanager
-def in_netns(name: str):
-    """Switch this thread (only) into a namespace; sockets made inside stay there."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {name}")
-        try:
-            yield
-        finally:
-            if _libc.setns(own, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back to our own namespace")
-    finally:
-        os.close(own)
-        os.close(target)
 
 
 @pytest.fixture

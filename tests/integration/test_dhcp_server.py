@@ -8,7 +8,6 @@ Needs root.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import secrets
 import socket
@@ -31,37 +30,17 @@ from scapy.layers.dhcp import BOOTP, DHCP  # noqa: E402
 
 from provisioner.db.connection import open_db  # noqa: E402
 from provisioner.db.leases import list_leases  # noqa: E402
+from provisioner.lab.netns import in_netns
 from provisioner.net.dhcp import codec  # noqa: E402
 from provisioner.net.dhcp.config import DhcpConfig  # noqa: E402
 from provisioner.net.dhcp.server import DhcpServer  # noqa: E402
 
 SERVER_IP = "10.31.0.1"
 CLIENT_IP = "10.31.0.2"
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
 
 
 def sh(*args: str) -> None:
     subprocess.run(args, check=True, capture_output=True, timeout=20)
-
-
-@contextmanager
-def in_netns(name: str):
-    """Switch this thread (only) into a namespace; sockets made inside stay
-    there after we switch back."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {name}")
-        try:
-            yield
-        finally:
-            if _libc.setns(own, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back to our own namespace")
-    finally:
-        os.close(own)
-        os.close(target)
 
 
 class Net:
