@@ -79,9 +79,10 @@ def cmd_agent_build(args) -> int:
 
 
 def cmd_host_list(args) -> int:
-    hosts = _service(args).list_hosts()
+    svc = _service(args)
+    hosts = svc.list_hosts()
     if args.json:
-        _json({"hosts": [h.to_json() for h in hosts]})
+        _json({"hosts": [svc.describe(h) for h in hosts]})
         return 0
     rows = []
     for h in hosts:
@@ -99,15 +100,21 @@ def cmd_host_list(args) -> int:
 
 
 def cmd_host_show(args) -> int:
-    host = _service(args).get_host(args.ref)
+    svc = _service(args)
+    host = svc.get_host(args.ref)
+    doc = svc.describe(host)
     if args.json:
-        _json(host.to_json())
+        _json(doc)
         return 0
     hw = host.hardware
     print(f"name:     {host.name}")
     print(f"state:    {host.state}")
     print(f"macs:     {', '.join(host.macs)}")
     print(f"labels:   {', '.join(f'{k}={v}' for k, v in sorted(host.labels.items())) or '-'}")
+    lease = doc["lease"]
+    until = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(lease["expires"])) if lease else ""
+    print(f"address:  {lease['ip'] + ' (leased until ' + until + ')' if lease else '-'}"
+          + (f", reserved {host.ip}" if host.ip else ""))
     if not hw:
         print("hardware: not discovered yet")
         return 0
@@ -136,8 +143,8 @@ def cmd_host_show(args) -> int:
 
 
 def cmd_host_add(args) -> int:
-    host = _service(args).add_host(args.mac, args.name, args.label or [])
-    print(f"added {host.name} ({', '.join(host.macs)})")
+    host = _service(args).add_host(args.mac, args.name, args.label or [], ip=args.ip)
+    print(f"added {host.name} ({', '.join(host.macs)})" + (f", address {host.ip} reserved" if host.ip else ""))
     return 0
 
 
@@ -202,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("mac", metavar="MAC")
     h.add_argument("--name", required=True)
     h.add_argument("--label", action="append", metavar="KEY=VALUE", help="repeatable")
+    h.add_argument("--ip", metavar="ADDRESS", help="reserve this address for it (full DHCP mode)")
     h.set_defaults(func=cmd_host_add)
     h = hsub.add_parser("remove", parents=[common], help="remove a host by name or MAC")
     h.add_argument("ref", metavar="NAME|MAC")

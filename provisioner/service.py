@@ -14,11 +14,12 @@ from sqlite_utils import Database
 
 from provisioner.core.hardware import clean_hardware
 from provisioner.core.mac import normalize_mac
-from provisioner.core.names import check_host_name, default_host_name, parse_label
+from provisioner.core.names import check_host_name, check_ipv4, default_host_name, parse_label
 from provisioner.core.policy import Discover, decide_boot
 from provisioner.core.records import Event, Host
 from provisioner.core.render import BootContext, render_boot_script
 from provisioner.db import events, hosts, tokens, write
+from provisioner.db.leases import list_leases
 from provisioner.errors import Conflict, Forbidden, InvalidInput, NotFound
 from provisioner.settings import Settings
 
@@ -50,9 +51,23 @@ class Service:
             raise NotFound(f"no host named or with MAC {ref!r}")
         return host
 
-    def add_host(self, mac: str, name: str, labels: list[str] | dict[str, str] = (), *, actor: str = "cli") -> Host:
+    def describe(self, host: Host) -> dict[str, Any]:
+        """A host as the CLI and the API show it: the record plus its current
+        DHCP lease (full mode only)."""
+        now = self.clock()
+        active = [lease for lease in list_leases(self.db, now) if lease.mac in host.macs]
+        doc = host.to_json()
+        doc["lease"] = (
+            {"ip": str(active[0].ip), "mac": active[0].mac, "expires": active[0].expires} if active else None
+        )
+        return doc
+
+    def add_host(self, mac: str, name: str, labels: list[str] | dict[str, str] = (), *, ip: str | None = None,
+                 actor: str = "cli") -> Host:
         mac = normalize_mac(mac)
         check_host_name(name)
+        if ip is not None:
+            ip = check_ipv4(ip)
         label_map = dict(labels) if isinstance(labels, dict) else dict(parse_label(x) for x in labels)
         for key, value in label_map.items():
             parse_label(f"{key}={value}")
@@ -62,8 +77,13 @@ class Service:
             owner = hosts.by_mac(self.db, mac)
             if owner is not None:
                 raise Conflict(f"MAC {mac} belongs to host {owner.name!r} already")
-            host = hosts.insert(self.db, name=name, macs=[mac], state="new", labels=label_map)
-            events.append(self.db, "host.added", f"host {name} added with MAC {mac}", host=name, mac=mac, actor=actor)
+            if ip is not None and (holder := hosts.by_ip(self.db, ip)) is not None:
+                raise Conflict(f"address {ip} is reserved for host {holder.name!r} already")
+            host = hosts.insert(self.db, name=name, macs=[mac], state="new", labels=label_map, ip=ip)
+            events.append(
+                self.db, "host.added", f"host {name} added with MAC {mac}" + (f", address {ip}" if ip else ""),
+                host=name, mac=mac, actor=actor,
+            )
         return host
 
     def remove_host(self, ref: str, *, actor: str = "cli") -> Host:

@@ -2,6 +2,8 @@
 
 import re
 
+from netaddr import AddrFormatError, IPAddress
+
 from provisioner.errors import InvalidInput
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -30,3 +32,13 @@ def parse_label(text: str) -> tuple[str, str]:
 
 def default_host_name(mac: str) -> str:
     return "host-" + mac.replace(":", "")
+
+
+def check_ipv4(text: str) -> str:
+    try:
+        addr = IPAddress(text)
+    except (AddrFormatError, ValueError, TypeError):
+        raise InvalidInput(f"{text!r} is not an IPv4 address") from None
+    if addr.version != 4:
+        raise InvalidInput(f"{text!r} is not an IPv4 address")
+    return str(addr)

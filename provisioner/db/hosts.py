@@ -41,6 +41,11 @@ def by_name(db: Database, name: str) -> Host | None:
     return _host(db, rows[0]) if rows else None
 
 
+def by_ip(db: Database, ip: str) -> Host | None:
+    rows = list(db.query("select * from hosts where ip = ?", [ip]))
+    return _host(db, rows[0]) if rows else None
+
+
 def all_hosts(db: Database) -> list[Host]:
     return [_host(db, row) for row in db.query("select * from hosts order by name")]
 

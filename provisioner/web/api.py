@@ -29,7 +29,8 @@ def _int_arg(name: str, default: int) -> int:
 
 @api.get("/hosts")
 def list_hosts():
-    return {"hosts": [h.to_json() for h in _service().list_hosts()]}
+    svc = _service()
+    return {"hosts": [svc.describe(h) for h in svc.list_hosts()]}
 
 
 @api.post("/hosts")
@@ -40,13 +41,18 @@ def add_host():
         raise InvalidInput("labels: expected an object of strings")
     if not isinstance(doc.get("mac"), str) or not isinstance(doc.get("name"), str):
         raise InvalidInput("mac and name: required strings")
-    host = _service().add_host(doc["mac"], doc["name"], labels, actor="api")
-    return host.to_json(), 201
+    ip = doc.get("ip")
+    if ip is not None and not isinstance(ip, str):
+        raise InvalidInput("ip: expected an address string")
+    svc = _service()
+    host = svc.add_host(doc["mac"], doc["name"], labels, ip=ip, actor="api")
+    return svc.describe(host), 201
 
 
 @api.get("/hosts/<ref>")
 def show_host(ref: str):
-    return _service().get_host(ref).to_json()
+    svc = _service()
+    return svc.describe(svc.get_host(ref))
 
 
 @api.delete("/hosts/<ref>")

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from provisioner.lab.appliance import cli
+
 ROOT = Path(__file__).resolve().parents[2]
 IPXE = Path("/usr/lib/ipxe")
 
@@ -70,3 +72,15 @@ def test_a_uefi_http_boot_client_gets_ipxe_efi_over_http(lab, site, appliance_fa
     done = lab.run(["curl", "-sSf", "-D", "-", "-o", str(out), reply["file"]], netns=site.netns, timeout=30)
     assert "application/efi" in done.stdout.lower()
     assert out.read_bytes() == (IPXE / "ipxe.efi").read_bytes()
+
+
+def test_a_reserved_address_is_offered_to_its_host(lab, site, appliance_factory, lab_config):
+    config = lab_config("full")
+    added = cli(["host", "add", "52:54:00:c0:ff:04", "--name", "reserved-1", "--ip", "10.77.0.42"], config)
+    assert added.returncode == 0, added.stderr
+    appliance_factory(config)
+    reply = pxe_discover(lab, site, "52:54:00:c0:ff:04", 0, user_class="iPXE")
+    assert reply["yiaddr"] == "10.77.0.42"
+    # Anyone else gets a pool address, never the reserved one.
+    other = pxe_discover(lab, site, "52:54:00:c0:ff:05", 0, user_class="iPXE")
+    assert other["yiaddr"] != "10.77.0.42" and other["yiaddr"].startswith("10.77.0.1")

@@ -137,3 +137,27 @@ def test_host_crud_and_conflicts(svc):
     with pytest.raises(NotFound):
         svc.get_host("n1")
     assert [e.kind for e in svc.events("n1")] == ["host.added", "host.removed"]
+
+
+def test_address_reservations(svc, clock):
+    host = svc.add_host("52:54:00:00:00:01", "n1", ip="10.0.0.42")
+    assert host.ip == "10.0.0.42"
+    with pytest.raises(Conflict, match="reserved for host 'n1'"):
+        svc.add_host("52:54:00:00:00:02", "n2", ip="10.0.0.42")
+    for bad in ("10.0.0", "fe80::1", "banana"):
+        with pytest.raises(InvalidInput, match="not an IPv4 address"):
+            svc.add_host("52:54:00:00:00:03", "n3", ip=bad)
+    assert svc.describe(host)["lease"] is None
+
+
+def test_describe_shows_the_active_lease_of_any_of_its_macs(svc, clock):
+    from ipaddress import IPv4Address
+
+    from provisioner.db.leases import LeaseStore
+
+    host = svc.add_host("52:54:00:00:00:01", "n1")
+    store = LeaseStore(svc.db, clock=clock)
+    store.commit("52:54:00:00:00:01", IPv4Address("10.0.0.100"), 600, clock.now)
+    assert svc.describe(host)["lease"] == {"ip": "10.0.0.100", "mac": "52:54:00:00:00:01", "expires": clock.now + 600}
+    clock.now += 601
+    assert svc.describe(host)["lease"] is None
