@@ -12,7 +12,9 @@ import os
 import shutil
 import signal
 import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from provisioner.errors import ConfigError
 from provisioner.eventsink import EventSink
@@ -84,13 +86,17 @@ def run(settings: Settings) -> int:
     stopped = threading.Event()
     http = None
     try:
-        http = make_server(create_app(settings), settings.http.bind, settings.http.port, threads=settings.http.threads)
+        app = create_app(settings)
+        with _binding("HTTP", "http.port", settings.http.port):
+            http = make_server(app, settings.http.bind, settings.http.port, threads=settings.http.threads)
         tftp = TftpServer(tftp_root, host="0.0.0.0", port=settings.tftp.port, timeout=settings.tftp.timeout,
                           on_event=on_tftp)
-        tftp.start()
+        with _binding("TFTP", "tftp.port", settings.tftp.port):
+            tftp.start()
         stoppers.append(tftp.stop)
         if settings.network.dhcp != "off":
-            dhcp = start_dhcp(settings, info, sink)
+            with _binding("DHCP", "network.dhcp", "67 and 4011"):
+                dhcp = start_dhcp(settings, info, sink)
             stoppers.append(dhcp.shutdown)
 
         def stop(signum, _frame):
@@ -107,8 +113,6 @@ def run(settings: Settings) -> int:
         sink.emit("appliance.started", f"serving on {info.name} {info.address}, dhcp {settings.network.dhcp}",
                   actor="daemon")
         run_until_closed(http, stopped)
-    except OSError as exc:
-        raise ConfigError(f"cannot bind: {exc.strerror or exc} (is another DHCP, TFTP or HTTP server running?)") from exc
     finally:
         for stop_server in reversed(stoppers):
             try:
@@ -123,6 +127,19 @@ def run(settings: Settings) -> int:
         sink.emit("appliance.stopped", "stopped", actor="daemon")
         sink.stop()
     return 0
+
+
+@contextmanager
+def _binding(what: str, key: str, port: int | str) -> Iterator[None]:
+    """A server that cannot bind stops the daemon with one line naming the
+    setting, like any other configuration error."""
+    try:
+        yield
+    except OSError as exc:
+        raise ConfigError(
+            f"config: {key}: cannot bind {what} on port {port}: {exc.strerror or exc} "
+            f"(is another {what} server running on this machine?)"
+        ) from exc
 
 
 def start_dhcp(settings: Settings, info: InterfaceInfo, sink: EventSink):

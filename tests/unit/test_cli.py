@@ -105,3 +105,22 @@ def test_host_show_prints_the_discovered_hardware(config):
     assert row.index("pci-0000:00:05.0-nvme-1") == header.index("BY-PATH")
     nics = out.index("nics:")
     assert out[nics + 2].split() == ["eth0", "52:54:00:aa:00:09", "e1000e", "up"]
+
+
+def test_serve_names_the_port_it_cannot_bind(tmp_path):
+    import socket
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    path = tmp_path / "c.toml"
+    path.write_text(f'state_dir = "{tmp_path}/state"\n[network]\ninterface = "lo"\ndhcp = "off"\n'
+                    f'[http]\nbind = "127.0.0.1"\nport = {port}\n[tftp]\nport = 0\n')
+    try:
+        proc = run("serve", config=path, check=False)
+    finally:
+        busy.close()
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"provisioner: config: http.port: cannot bind HTTP on port {port}:"), proc.stderr
