@@ -17,12 +17,22 @@ from pathlib import Path
 # Drivers for the machines the appliance is meant for: NICs the agent must
 # reach the network through and storage controllers whose disks it reports.
 NIC_MODULES = (
-    "virtio_net", "e1000", "e1000e", "igb", "igc", "ixgbe", "i40e", "ice",
-    "bnxt_en", "tg3", "bnx2x", "mlx4_en", "mlx5_core", "r8169", "vmxnet3",
+    # Intel, Broadcom, Mellanox, Realtek and others found in servers.
+    "e1000", "e1000e", "igb", "igc", "ixgbe", "i40e", "ice", "iavf", "ixgbevf",
+    "bnxt_en", "tg3", "bnx2", "bnx2x", "mlx4_en", "mlx5_core", "r8169",
+    "be2net", "qede", "sfc", "atlantic", "enic",
+    # Virtual machines: KVM/QEMU (virtio and emulated models), VMware, Hyper-V.
+    "virtio_net", "vmxnet3", "8139cp", "8139too", "pcnet32", "ne2k_pci", "hv_netvsc",
 )
 STORAGE_MODULES = (
-    "virtio_blk", "virtio_scsi", "virtio_pci", "ahci", "ata_piix", "nvme",
-    "sd_mod", "sr_mod", "mpt3sas", "megaraid_sas", "smartpqi", "hpsa", "aacraid",
+    "ahci", "ata_piix", "ata_generic", "nvme", "sd_mod", "sr_mod",
+    # SAS/RAID HBAs.
+    "mpt3sas", "mptsas", "mptspi", "megaraid_sas", "smartpqi", "hpsa", "aacraid", "isci", "mpi3mr",
+    "sym53c8xx",
+    # Virtual machines.
+    "virtio_blk", "virtio_scsi", "virtio_pci", "vmw_pvscsi", "hv_storvsc",
+    # USB disks (boot sticks, some appliances' data disks).
+    "xhci_pci", "ehci_pci", "ohci_pci", "uhci_hcd", "usb_storage", "uas",
 )
 EARLY_MODULES = NIC_MODULES + STORAGE_MODULES
 

@@ -80,10 +80,19 @@ def test_proxy_mode_next_to_a_site_dhcp_server(agent_dir, lab, lab_config, appli
     )
     config = lab_config("proxy", agent_dir=agent_dir)
     appliance_factory(config)
-    vm = vm_factory("proxy-bios", firmware="bios", disks=(DiskSpec(size="1G", serial="LAB-PROXY-A"),))
+    # An older NIC model and a SCSI disk behind virtio-scsi, on q35 this time.
+    vm = vm_factory(
+        "proxy-bios",
+        firmware="bios",
+        machine="q35",
+        nic="rtl8139",
+        disks=(DiskSpec(size="1G", serial="LAB-SCSI-A", interface="scsi", wwn="0x5000c50015ea71ad"),),
+    )
     vm.wait_exit(timeout=BOOT_TIMEOUT)
     host = lab_host(config, vm.spec.mac)
-    assert_discovered(host, vm.spec.mac, "bios")
-    assert disk_serials(host) == {"LAB-PROXY-A"}
+    hw = assert_discovered(host, vm.spec.mac, "bios")
+    assert disk_serials(host) == {"LAB-SCSI-A"}
+    assert "5000c50015ea71ad" in (hw["disks"][0]["wwn"] or "")
+    assert {n["driver"] for n in hw["nics"] if n["mac"] == vm.spec.mac} <= {"8139cp", "8139too"}
     leases = (tmp_path / "site.leases").read_text()
     assert vm.spec.mac in leases, "the address came from the site's DHCP server"

@@ -347,6 +347,21 @@ def test_failed_build_leaves_previous_artifacts(artifacts: Path, tmp_path: Path,
 
     monkeypatch.setattr(builder, "unpack", broken)
     with pytest.raises(RuntimeError, match="simulated"):
-        build_agent(out, cache_dir(), log=lambda _msg: None)
+        build_agent(out, cache_dir(), log=lambda _msg: None, force=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert not list(cache_dir().glob(".agent-work-*"))
+
+
+def test_unchanged_inputs_skip_the_build_and_damage_does_not(artifacts: Path, tmp_path: Path) -> None:
+    lines: list[str] = []
+    manifest = build_agent(artifacts, cache_dir(), log=lines.append)
+    assert any("up to date" in line for line in lines), lines
+    assert manifest == read_manifest(artifacts) and manifest.inputs
+    copy = tmp_path / "copy"
+    shutil.copytree(artifacts, copy)
+    assert builder.up_to_date(copy, manifest.inputs) == manifest
+    assert builder.up_to_date(copy, "other inputs") is None
+    kernel = bytearray((copy / "kernel").read_bytes())
+    kernel[4096] ^= 0x01
+    (copy / "kernel").write_bytes(bytes(kernel))
+    assert builder.up_to_date(copy, manifest.inputs) is None, "a damaged artifact is rebuilt"
