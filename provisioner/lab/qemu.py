@@ -81,6 +81,10 @@ class MachineSpec:
     machine: str = "pc"
     cpus: int = 1
     no_reboot: bool = False  # exit QEMU instead of rebooting the guest
+    # False leaves out the NIC's iPXE option ROM, so UEFI firmware uses its
+    # own PXE client (EDK2 with its virtio-net driver): the path a server's
+    # UEFI takes, through TFTP and snponly.efi. SeaBIOS cannot PXE without it.
+    nic_rom: bool = True
 
     def __post_init__(self) -> None:
         if not re.match(r"^[a-z0-9][a-z0-9-]{0,30}$", self.name):
@@ -159,7 +163,7 @@ class Machine:
             # iPXE's, which prints through the BIOS) onto the serial port.
             "-serial", f"file:{self.serial_log}",
             "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
-            "-device", f"{s.nic},netdev=n0,mac={s.mac},bootindex=1",
+            "-device", f"{s.nic},netdev=n0,mac={s.mac},bootindex=1" + ("" if s.nic_rom else ",romfile="),
             "-boot", "order=n,menu=off",
         ]
         if s.uuid:

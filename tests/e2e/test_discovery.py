@@ -8,7 +8,10 @@ would."""
 
 from __future__ import annotations
 
+import json
 
+
+from provisioner.lab.appliance import cli
 from provisioner.lab.qemu import DiskSpec
 
 # TCG boots of iPXE plus a Debian kernel take minutes; give them room.
@@ -96,3 +99,21 @@ def test_proxy_mode_next_to_a_site_dhcp_server(agent_dir, lab, lab_config, appli
     assert {n["driver"] for n in hw["nics"] if n["mac"] == vm.spec.mac} <= {"8139cp", "8139too"}
     leases = (tmp_path / "site.leases").read_text()
     assert vm.spec.mac in leases, "the address came from the site's DHCP server"
+
+
+def test_uefi_firmware_pxe_chains_to_ipxe_over_tftp(agent_dir, lab_config, appliance_factory, vm_factory,
+                                                    lab_host):
+    """No iPXE option ROM: OVMF's own EDK2 PXE client asks DHCP (arch 7,
+    no user class), fetches snponly.efi over TFTP, which runs iPXE on the
+    firmware's network driver, which fetches the boot script over HTTP."""
+    config = lab_config("full", agent_dir=agent_dir)
+    appliance_factory(config)
+    vm = vm_factory("uefi-native-pxe", firmware="uefi", nic_rom=False,
+                    disks=(DiskSpec(size="1G", serial="LAB-EDK2-A"),))
+    vm.wait_exit(timeout=BOOT_TIMEOUT)
+    host = lab_host(config, vm.spec.mac)
+    assert_discovered(host, vm.spec.mac, "uefi")
+    assert disk_serials(host) == {"LAB-EDK2-A"}
+    events = cli(["events", "--json"], config)
+    kinds = [(e["kind"], e["data"].get("file")) for e in json.loads(events.stdout)["events"]]
+    assert ("tftp.sent", "snponly.efi") in kinds, "the firmware took iPXE over TFTP"

@@ -69,6 +69,11 @@ def test_uefi_uses_ovmf_with_private_vars(tmp_path):
     assert argv[argv.index("-uuid") + 1] == "8c5e2d8e-2b0a-4d8f-9a51-0c6f3a1b2c3d"
 
 
+def test_without_the_nic_rom_uefi_uses_its_own_pxe_client(tmp_path):
+    argv = _argv(MachineSpec(name="m", mac=MAC, firmware="uefi", nic_rom=False), tmp_path)
+    assert _devices(argv)[0] == f"virtio-net-pci,netdev=n0,mac={MAC},bootindex=1,romfile="
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -80,6 +85,7 @@ def test_uefi_uses_ovmf_with_private_vars(tmp_path):
         {"memory_mib": 64},
         {"uuid": "not-a-uuid"},
         {"disks": (DiskSpec(serial="S"), DiskSpec(serial="S"))},
+        {"nic_rom": False},  # SeaBIOS has no PXE client without the ROM
     ],
 )
 def test_spec_rejects(kwargs):
