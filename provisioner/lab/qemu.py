@@ -93,6 +93,8 @@ class MachineSpec:
             raise ValueError(f"mac {self.mac!r} is not lowercase aa:bb:cc:dd:ee:ff")
         if int(self.mac[:2], 16) & 1:
             raise ValueError(f"mac {self.mac!r} is a multicast address")
+        if not self.nic_rom and self.firmware != "uefi":
+            raise ValueError("nic_rom=False needs firmware='uefi' (SeaBIOS has no PXE client of its own)")
         if self.firmware not in FIRMWARES:
             raise ValueError(f"firmware {self.firmware!r} is not one of {FIRMWARES}")
         if self.nic not in NIC_MODELS:
