@@ -117,3 +117,19 @@ def test_uefi_firmware_pxe_chains_to_ipxe_over_tftp(agent_dir, lab_config, appli
     events = cli(["events", "--json"], config)
     kinds = [(e["kind"], e["data"].get("file")) for e in json.loads(events.stdout)["events"]]
     assert ("tftp.sent", "snponly.efi") in kinds, "the firmware took iPXE over TFTP"
+
+
+def test_more_nic_models_and_disk_controllers(agent_dir, lab_config, appliance_factory, vm_factory, lab_host):
+    config = lab_config("full", agent_dir=agent_dir)
+    appliance_factory(config)
+    old = vm_factory("bios-e1000-ide", firmware="bios", nic="e1000",
+                     disks=(DiskSpec(size="1G", serial="LAB-PIIX-A", interface="ide"),))
+    vmw = vm_factory("uefi-vmxnet3", firmware="uefi", machine="q35", nic="vmxnet3",
+                     disks=(DiskSpec(size="1G", serial="LAB-NVME-Q", interface="nvme"),))
+    old.wait_exit(timeout=BOOT_TIMEOUT)
+    vmw.wait_exit(timeout=BOOT_TIMEOUT)
+    for vm, firmware, serial, driver in ((old, "bios", "LAB-PIIX-A", "e1000"), (vmw, "uefi", "LAB-NVME-Q", "vmxnet3")):
+        host = lab_host(config, vm.spec.mac)
+        hw = assert_discovered(host, vm.spec.mac, firmware)
+        assert disk_serials(host) == {serial}
+        assert [n["driver"] for n in hw["nics"] if n["mac"] == vm.spec.mac] == [driver]
