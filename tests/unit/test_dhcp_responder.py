@@ -77,10 +77,12 @@ BOOT = {
     "BIOS PXE": (BIOS_PXE, b"undionly.kpxe", b"PXEClient", True, False),
     "UEFI PXE arch 7": (UEFI_PXE, b"snponly.efi", b"PXEClient", False, False),
     "UEFI PXE arch 9": (((60, b"PXEClient:Arch:00009:UNDI:003016"), (93, b"\x00\x09")), b"snponly.efi", b"PXEClient", False, False),
-    "EFI IA32 arch 6": (((60, b"PXEClient:Arch:00006:UNDI:003016"), (93, b"\x00\x06")), b"snponly.efi", b"PXEClient", False, False),
+    # Debian's snponly.efi is x86-64: a 32-bit UEFI cannot run it.
+    "EFI IA32 arch 6 gets an address but no file": (((60, b"PXEClient:Arch:00006:UNDI:003016"), (93, b"\x00\x06")), b"", None, False, False),
     "arch only in option 60": (((60, b"PXEClient:Arch:00007:UNDI:003016"),), b"snponly.efi", b"PXEClient", False, False),
     "iPXE": (IPXE, f"{BASE}/boot/ipxe?mac=52-54-00-12-34-56".encode(), b"PXEClient", True, True),
     "HTTPClient": (HTTP, f"{BASE}/boot/ipxe.efi".encode(), b"HTTPClient", False, False),
+    "ARM64 HTTPClient gets an address but no file": (((60, b"HTTPClient:Arch:00019:UNDI:003000"), (93, b"\x00\x13")), b"", None, False, False),
     "ARM64 PXE gets an address but no file": (((60, b"PXEClient:Arch:00011:UNDI:003016"), (93, b"\x00\x0b")), b"", None, False, False),
     "plain DHCP client": (((60, b"udhcp 1.35.0"), (12, b"box")), b"", None, False, False),
 }
@@ -337,6 +339,18 @@ def test_decline_takes_the_address_out_of_the_pool(store):
     assert store.db["declined"].count == 1
     again = run(store, req(o.DISCOVER))
     assert again.reply.yiaddr == A("10.20.0.101")
+
+
+@pytest.mark.parametrize("ip", ["10.20.0.101", "8.8.8.8"])
+def test_a_client_cannot_decline_an_address_that_is_not_its_own(store, ip):
+    committed(store)  # MAC holds 10.20.0.100
+    other = "52:54:00:00:00:77"
+    d = run(store, req(o.DECLINE, ip_opt(54, str(SERVER)), ip_opt(50, ip), mac=other))
+    assert d.event == "dhcp.ignored" and d.effect is None
+    d = run(store, req(o.DECLINE, ip_opt(54, str(SERVER)), ip_opt(50, "10.20.0.100"), mac=other))
+    assert d.event == "dhcp.ignored"
+    assert store.db["declined"].count == 0
+    assert store.lookup_mac(MAC).active(NOW)
 
 
 def test_decline_expires(store):

@@ -47,3 +47,4 @@ def test_malformed_raises_for_the_loop_to_count(server):
 def test_shutdown_twice_and_before_start_is_harmless(server):
     server.shutdown()
     server.shutdown()
+    assert not server._socks

@@ -8,14 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from provisioner.core.bootfiles import HTTP_ARCH_FILES, PXE_ARCH_FILES
 from provisioner.core.mac import mac_hexhyp
 from provisioner.net.dhcp import options as o
 from provisioner.net.dhcp.codec import DhcpPacket
-
-BIOS = 0
-EFI_ARCHES = (6, 7, 9)  # IA32, x64, x64 (RFC 4578 swapped 7 and 9; accept both)
-BIOS_FILE = "undionly.kpxe"
-EFI_FILE = "snponly.efi"
 
 # 43.6 (discovery control) = 8: "boot file present, use it, no discovery or
 # menu". Terminated by 0xFF as the PXE spec requires. Never 43.9: iPXE shows
@@ -64,11 +60,9 @@ def classify(p: DhcpPacket, mac: str, base_url: str) -> Client:
         # name fails once option 43 is present (smee).
         return client("ipxe", f"{base_url}/boot/ipxe?mac={mac_hexhyp(mac)}", False)
     if vendor.startswith("HTTPClient"):
-        return client("http", f"{base_url}/boot/ipxe.efi", False)
+        name = HTTP_ARCH_FILES.get(arch)
+        return client("http", f"{base_url}/boot/{name}" if name else None, False)
     if pxe_vendor:
-        if arch in (None, BIOS):
-            return client("pxe", BIOS_FILE, True)
-        if arch in EFI_ARCHES:
-            return client("pxe", EFI_FILE, True)
-        return client("pxe", None, True)  # ARM and friends: no binary to offer
+        # None for IA32, ARM and friends: no binary of ours runs there.
+        return client("pxe", PXE_ARCH_FILES.get(arch), True)
     return client("plain", None, False)

@@ -275,6 +275,12 @@ def _full(req: DhcpPacket, kind: int, client: Client, config: DhcpConfig,
             ip = o.requested_ip(req)
             if ip is None:
                 return SILENT
+            if ip != leases.current(client.mac, now):
+                # Only the address we offered or leased to this client can be
+                # declined by it; anything else would let one client take
+                # another's address (or any address) out of service.
+                return Decision(event="dhcp.ignored", message=f"{client.mac} declined {ip}, which is not its address",
+                                data={"ip": str(ip)})
             return Decision(effect=Decline(client.mac, ip), event="dhcp.decline",
                             message=f"{client.mac} declined {ip} (address in use?)", data={"ip": str(ip)})
         return Decision(effect=Release(client.mac, req.ciaddr), event="dhcp.release",
