@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from netaddr import AddrFormatError, IPAddress, IPNetwork, IPRange
+from netaddr import IPAddress, IPNetwork, IPRange
 
-from provisioner.errors import ConfigError
+from provisioner.core.names import check_ipv4
+from provisioner.errors import ConfigError, InvalidInput
 
 DEFAULT_CONFIG = Path("/etc/provisioner/provisioner.toml")
 DHCP_MODES = ("full", "proxy", "off")
@@ -137,12 +138,9 @@ def _kind_name(kind: type | tuple) -> str:
 
 def _address(key: str, value: str) -> IPAddress:
     try:
-        addr = IPAddress(value)
-    except (AddrFormatError, ValueError, TypeError):
-        raise _fail(key, f"{value!r} is not an IPv4 address") from None
-    if addr.version != 4:
-        raise _fail(key, f"{value!r} is not an IPv4 address")
-    return addr
+        return IPAddress(check_ipv4(value))
+    except InvalidInput as exc:
+        raise _fail(key, exc.message) from None
 
 
 def _pool(key: str, value: str) -> IPRange:
@@ -156,14 +154,14 @@ def _pool(key: str, value: str) -> IPRange:
 
 
 def _port(key: str, value: int) -> int:
-    if not 0 <= value <= 65535:
-        raise _fail(key, f"{value} is not a port number")
+    if not 1 <= value <= 65535:
+        raise _fail(key, f"{value} is not a port number (1-65535)")
     return value
 
 
-def _positive(key: str, value: int) -> int:
-    if value <= 0:
-        raise _fail(key, f"{value} must be greater than zero")
+def _positive(key: str, value: int, most: int = 2**31 - 1) -> int:
+    if not 0 < value <= most:
+        raise _fail(key, f"{value} must be from 1 to {most}")
     return value
 
 
@@ -206,7 +204,8 @@ def parse(doc: dict[str, Any], source: Path | None = None) -> Settings:
             raise _fail(f"dhcp.dns[{i}]", "expected an address string")
     dhcp = DhcpSettings(
         pool=_pool("dhcp.pool", d["pool"]) if "pool" in d else None,
-        lease_seconds=_positive("dhcp.lease_seconds", d.get("lease_seconds", 3600)),
+        # DHCP carries lease times in 32 bits; 0xffffffff means "infinite".
+        lease_seconds=_positive("dhcp.lease_seconds", d.get("lease_seconds", 3600), most=2**32 - 2),
         router=_address("dhcp.router", d["router"]) if "router" in d else None,
         dns=tuple(_address(f"dhcp.dns[{i}]", x) for i, x in enumerate(dns)),
         domain=d.get("domain"),
@@ -218,14 +217,14 @@ def parse(doc: dict[str, Any], source: Path | None = None) -> Settings:
     http = HttpSettings(
         port=_port("http.port", h.get("port", 8080)),
         bind=str(_address("http.bind", h["bind"])) if "bind" in h else "0.0.0.0",
-        threads=_positive("http.threads", h.get("threads", 16)),
+        threads=_positive("http.threads", h.get("threads", 16), most=512),
     )
 
     t = _take(top.get("tftp", {}), SCHEMA["tftp"], "tftp.")
     tftp = TftpSettings(
         port=_port("tftp.port", t.get("port", 69)),
         root=Path(t["root"]) if "root" in t else None,
-        timeout=_positive("tftp.timeout", t.get("timeout", 1)),
+        timeout=_positive("tftp.timeout", t.get("timeout", 1), most=255),  # RFC 2349
     )
 
     i = _take(top.get("ipxe", {}), SCHEMA["ipxe"], "ipxe.")
@@ -287,6 +286,12 @@ def resolve_interface(settings: Settings) -> InterfaceInfo:
     info = InterfaceInfo(name=name, index=index, address=address, network=network.cidr, mac=mac)
     check_against_interface(settings, info)
     return info
+
+
+def base_url(settings: Settings, info: InterfaceInfo) -> str:
+    """Where clients reach the appliance's HTTP server: what boot scripts,
+    DHCP boot file URLs and the agent's command line all name."""
+    return f"http://{settings.network.advertise or info.address}:{settings.http.port}"
 
 
 def check_against_interface(settings: Settings, info: InterfaceInfo) -> None:

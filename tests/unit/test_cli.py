@@ -116,7 +116,7 @@ def test_serve_names_the_port_it_cannot_bind(tmp_path):
     port = busy.getsockname()[1]
     path = tmp_path / "c.toml"
     path.write_text(f'state_dir = "{tmp_path}/state"\n[network]\ninterface = "lo"\ndhcp = "off"\n'
-                    f'[http]\nbind = "127.0.0.1"\nport = {port}\n[tftp]\nport = 0\n')
+                    f'[http]\nbind = "127.0.0.1"\nport = {port}\n[tftp]\nport = 6969\n')
     try:
         proc = run("serve", config=path, check=False)
     finally:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
 from provisioner.settings import InterfaceInfo, Settings
+from provisioner.settings import base_url as appliance_url
 
 MODES = ("full", "proxy")
 
@@ -55,7 +56,7 @@ class DhcpConfig:
             mode=settings.network.dhcp,
             server_ip=IPv4Address(str(iface.address)),
             subnet=IPv4Network(str(iface.network), strict=False),
-            base_url=f"http://{advertise}:{settings.http.port}",
+            base_url=appliance_url(settings, iface),
             interface=iface.name,
             pool_first=IPv4Address(str(pool[0])) if pool is not None else None,
             pool_last=IPv4Address(str(pool[-1])) if pool is not None else None,
