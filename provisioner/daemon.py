@@ -16,18 +16,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from provisioner.core.bootfiles import BOOT_FILES
 from provisioner.errors import ConfigError
 from provisioner.eventsink import EventSink
-from provisioner.settings import InterfaceInfo, Settings, resolve_interface
+from provisioner.settings import InterfaceInfo, Settings, base_url, resolve_interface
 
 log = logging.getLogger("provisioner.daemon")
 
-# TFTP names the DHCP adapter hands out (docs/contracts.md) -> [ipxe] keys.
-TFTP_BOOT_FILES = {"undionly.kpxe": "bios", "snponly.efi": "efi", "ipxe.efi": "efi_fallback"}
-
-
 def check_ipxe_binaries(settings: Settings) -> None:
-    for key in TFTP_BOOT_FILES.values():
+    for key in BOOT_FILES.values():
         path: Path = getattr(settings.ipxe, key)
         if not path.is_file():
             raise ConfigError(f"config: ipxe.{key}: {path} does not exist (install Debian's ipxe package)")
@@ -38,7 +35,7 @@ def prepare_tftp_root(settings: Settings) -> Path:
     TFTP server refuses links that leave its root."""
     root = settings.tftp_root
     root.mkdir(parents=True, exist_ok=True)
-    for name, key in TFTP_BOOT_FILES.items():
+    for name, key in BOOT_FILES.items():
         src: Path = getattr(settings.ipxe, key)
         dst = root / name
         if dst.is_file() and not dst.is_symlink() and _same_content(src, dst):
@@ -54,22 +51,18 @@ def _same_content(a: Path, b: Path) -> bool:
     return sa.st_size == sb.st_size and a.read_bytes() == b.read_bytes()
 
 
-def advertise_address(settings: Settings, info: InterfaceInfo) -> str:
-    return str(settings.network.advertise or info.address)
-
-
 def run(settings: Settings) -> int:
     from provisioner.db import open_db
     from provisioner.net.tftp import TftpServer
     from provisioner.web.app import create_app
-    from provisioner.web.server import make_server, run_until_closed
+    from provisioner.web.server import close_server, make_server, run_until_closed
 
     info = resolve_interface(settings)
     check_ipxe_binaries(settings)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     open_db(settings.db_path).conn.close()
     tftp_root = prepare_tftp_root(settings)
-    base = f"http://{advertise_address(settings, info)}:{settings.http.port}"
+    base = base_url(settings, info)
 
     sink = EventSink(settings.db_path)
     sink.start()
@@ -86,7 +79,7 @@ def run(settings: Settings) -> int:
     stopped = threading.Event()
     http = None
     try:
-        app = create_app(settings)
+        app = create_app(settings, base_url=base)
         with _binding("HTTP", "http.port", settings.http.port):
             http = make_server(app, settings.http.bind, settings.http.port, threads=settings.http.threads)
         tftp = TftpServer(tftp_root, host="0.0.0.0", port=settings.tftp.port, timeout=settings.tftp.timeout,
@@ -102,7 +95,7 @@ def run(settings: Settings) -> int:
         def stop(signum, _frame):
             log.info("signal %d: stopping", signum)
             stopped.set()
-            http.close()
+            close_server(http)
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
@@ -121,9 +114,9 @@ def run(settings: Settings) -> int:
                 log.exception("stopping %r failed", stop_server)
         if http is not None:
             try:
-                http.close()
+                close_server(http)
             except Exception:
-                pass
+                log.exception("closing the HTTP server failed")
         sink.emit("appliance.stopped", "stopped", actor="daemon")
         sink.stop()
     return 0

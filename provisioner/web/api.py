@@ -64,7 +64,7 @@ def remove_host(ref: str):
 @api.get("/events")
 def list_events():
     events = _service().events(
-        request.args.get("host"), limit=min(_int_arg("limit", 100), 1000), after_id=_int_arg("after", 0)
+        request.args.get("host"), limit=_int_arg("limit", 100), after_id=_int_arg("after", 0)
     )
     return {"events": [e.to_json() for e in events]}
 

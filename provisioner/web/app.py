@@ -4,6 +4,7 @@ translated to responses in one place."""
 from __future__ import annotations
 
 import logging
+import re
 import threading
 
 from flask import Flask, g, jsonify, request
@@ -22,10 +23,13 @@ class _Connections(threading.local):
     db: Database | None = None
 
 
-def create_app(settings: Settings, *, db_path: str | None = None) -> Flask:
+def create_app(settings: Settings, *, base_url: str | None = None, db_path: str | None = None) -> Flask:
+    """`base_url` is where clients reach this server (settings.base_url);
+    without one (tests, ad-hoc runs) each request's own Host is used."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.extensions["provisioner.settings"] = settings
+    app.extensions["provisioner.base_url"] = base_url
     path = db_path or str(settings.db_path)
     open_db(path).conn.close()  # migrate once, before threads share the file
     local = _Connections()
@@ -76,8 +80,14 @@ def create_app(settings: Settings, *, db_path: str | None = None) -> Flask:
     return app
 
 
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
 def _error(status: int, message: str):
-    # iPXE shows the body of a failed script fetch; plain text reads best there.
+    # iPXE shows the body of a failed script fetch; plain text reads best
+    # there. The message may quote the request: it must stay one harmless
+    # line, never a second command.
     if request.path.startswith("/boot"):
-        return f"#!ipxe\necho provisioner: error {status}: {message}\nexit 1\n", status, {"Content-Type": "text/plain"}
+        safe = _UNPRINTABLE.sub("?", message)[:200]
+        return f"#!ipxe\necho provisioner: error {status}: {safe}\nexit 1\n", status, {"Content-Type": "text/plain"}
     return jsonify({"error": message, "status": status}), status

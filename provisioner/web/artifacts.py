@@ -3,35 +3,38 @@ an HTTP cache in front of the appliance revalidates by content."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
+from provisioner.agent.builder import AgentManifest, read_manifest
+
 AGENT_ARTIFACTS = ("kernel", "agent.cpio", "modules.cpio", "manifest.json")
 
-_cache: dict[Path, tuple[int, dict]] = {}
+# Read once per build, not once per request: keyed by the manifest's mtime.
+_cache: dict[Path, tuple[int, AgentManifest | None]] = {}
 
 
-def _manifest(agent_dir: Path) -> dict:
-    path = agent_dir / "manifest.json"
+def _manifest(agent_dir: Path) -> AgentManifest | None:
     try:
-        mtime = os.stat(path).st_mtime_ns
+        mtime = os.stat(agent_dir / "manifest.json").st_mtime_ns
     except FileNotFoundError:
-        return {}
-    cached = _cache.get(path)
+        return None
+    cached = _cache.get(agent_dir)
     if cached and cached[0] == mtime:
         return cached[1]
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        doc = {}
-    _cache[path] = (mtime, doc)
-    return doc
+        manifest = read_manifest(agent_dir)
+    except (OSError, ValueError, KeyError):
+        manifest = None
+    _cache[agent_dir] = (mtime, manifest)
+    return manifest
 
 
 def artifact_etag(agent_dir: Path, name: str) -> str | None:
-    doc = _manifest(agent_dir)
-    entry = (doc.get("artifacts") or {}).get(name) or doc.get(name)
-    if isinstance(entry, dict) and isinstance(entry.get("sha256"), str):
-        return entry["sha256"]
-    return None
+    manifest = _manifest(agent_dir)
+    if manifest is None:
+        return None
+    try:
+        return manifest.artifact(name).sha256
+    except KeyError:
+        return None

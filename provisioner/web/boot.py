@@ -7,6 +7,7 @@ from pathlib import Path
 from flask import Blueprint, Response, current_app, request
 
 from provisioner.web.artifacts import AGENT_ARTIFACTS, artifact_etag
+from provisioner.core.bootfiles import BOOT_FILES
 from provisioner.core.render import render_chain_script
 from provisioner.errors import InvalidInput, NotFound
 from provisioner.web.files import file_response
@@ -25,9 +26,8 @@ def _service():
 
 
 def base_url() -> str:
-    # The address the client reached us on: right behind relays and on
-    # multi-homed appliances, without configuration.
-    return request.host_url.rstrip("/")
+    configured = current_app.extensions.get("provisioner.base_url")
+    return configured or request.host_url.rstrip("/")
 
 
 @boot.get("/boot.ipxe")
@@ -48,16 +48,12 @@ def host_script():
     return Response(script, mimetype=IPXE_TEXT, headers={"Cache-Control": "no-store"})
 
 
-def ipxe_binaries() -> dict[str, Path]:
-    s = _settings().ipxe
-    return {"undionly.kpxe": s.bios, "snponly.efi": s.efi, "ipxe.efi": s.efi_fallback}
-
-
 @boot.get("/boot/<name>")
 def ipxe_binary(name: str):
-    path = ipxe_binaries().get(name)
-    if path is None:
+    key = BOOT_FILES.get(name)
+    if key is None:
         raise NotFound(f"no boot file {name!r}")
+    path: Path = getattr(_settings().ipxe, key)
     # UEFI HTTP Boot decides the image type from Content-Type, then extension.
     mimetype = "application/efi" if name.endswith(".efi") else "application/octet-stream"
     return file_response(path, mimetype=mimetype)

@@ -96,12 +96,25 @@ def _has_fd(f) -> bool:
         return False
 
 
+def close_server(server) -> None:
+    """Stop listening, drop every open connection (idle keep-alives and
+    downloads too, which would otherwise keep the loop alive for up to
+    channel_timeout) and stop the worker threads."""
+    server.close()
+    for channel in list(server._map.values()):
+        try:
+            channel.close()
+        except OSError:
+            pass
+    server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
+
+
 def run_until_closed(server, closing) -> None:
     """Run waitress until `closing` is set and the server closed.
 
-    waitress has no stop call: closing its sockets from another thread (or a
-    signal handler) makes its select loop raise, which is the expected way
-    out once `closing` is set."""
+    waitress has no stop call: close_server() from another thread (or a
+    signal handler) makes its select loop raise or run dry, which is the
+    expected way out once `closing` is set."""
     try:
         server.run()
     except (OSError, ValueError):

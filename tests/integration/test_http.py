@@ -15,10 +15,11 @@ import urllib.request
 
 import pytest
 
+from provisioner.agent.builder import AgentManifest, Artifact
 from provisioner.settings import parse
 from provisioner.web import server as web_server
 from provisioner.web.app import create_app
-from provisioner.web.server import make_server, run_until_closed
+from provisioner.web.server import close_server, make_server, run_until_closed
 
 
 def free_port() -> int:
@@ -45,15 +46,17 @@ def appliance(tmp_path, monkeypatch):
     agent.mkdir(parents=True)
     blob = os.urandom(3 << 20) + b"tail"
     (agent / "kernel").write_bytes(blob)
-    (agent / "manifest.json").write_text(json.dumps(
-        {"artifacts": {"kernel": {"sha256": hashlib.sha256(blob).hexdigest(), "size": len(blob)}}}))
+    manifest = AgentManifest(kernel_version="6.1.0-test", artifacts=(Artifact("kernel", len(blob),
+                             hashlib.sha256(blob).hexdigest()),), compression="zstd", packages=(), modules=(),
+                             source_date_epoch=0)
+    (agent / "manifest.json").write_text(json.dumps(manifest.to_json()))
     srv = make_server(create_app(settings), "127.0.0.1", port, threads=4)
     closing = threading.Event()
     thread = threading.Thread(target=run_until_closed, args=(srv, closing), daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{port}", blob, calls
     closing.set()
-    srv.close()
+    close_server(srv)
     thread.join(5)
     assert not thread.is_alive()
 
@@ -181,3 +184,44 @@ def test_boot_errors_are_ipxe_scripts(appliance):
     assert status == 400 and body.startswith(b"#!ipxe\n") and b"not a MAC address" in body
     status, _, body = get(base + "/boot/ipxe")
     assert status == 400 and b"mac: missing" in body
+
+
+def _client(tmp_path, base_url=None):
+    settings = parse({"state_dir": str(tmp_path / "s"), "network": {"interface": "lo", "dhcp": "off"}})
+    return create_app(settings, base_url=base_url).test_client()
+
+
+def test_boot_scripts_name_the_configured_address_whatever_the_host_header(tmp_path):
+    client = _client(tmp_path, base_url="http://10.77.0.1:8080")
+    body = client.get("/boot/ipxe?mac=52-54-00-12-34-56", headers={"Host": "evil.example"}).text
+    assert "evil.example" not in body
+    assert "kernel http://10.77.0.1:8080/agent/kernel" in body
+    assert "provisioner.url=http://10.77.0.1:8080 " in body
+    chain = client.get("/boot.ipxe", headers={"Host": "evil.example"}).text
+    assert "chain http://10.77.0.1:8080/boot/ipxe?" in chain
+
+
+@pytest.mark.parametrize("path", ["/boot/x%0Achain%20http://evil/x", "/boot/ipxe?mac=00%0Dchain%20http://evil/"])
+def test_a_request_cannot_inject_commands_into_an_error_script(tmp_path, path):
+    resp = _client(tmp_path).get(path)
+    assert resp.status_code in (400, 404)
+    lines = resp.text.splitlines()
+    assert lines[0] == "#!ipxe" and lines[-1] == "exit 1" and len(lines) == 3
+    assert lines[1].startswith("echo provisioner: error")
+
+
+def test_close_server_ends_the_loop_with_a_client_still_connected(tmp_path):
+    port = free_port()
+    settings = parse({"state_dir": str(tmp_path / "state"), "network": {"interface": "lo", "dhcp": "off"}})
+    srv = make_server(create_app(settings), "127.0.0.1", port, threads=2)
+    closing = threading.Event()
+    thread = threading.Thread(target=run_until_closed, args=(srv, closing), daemon=True)
+    thread.start()
+    with socket.create_connection(("127.0.0.1", port)) as idle:
+        idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b"200" in idle.recv(1024)  # served, and kept alive
+        closing.set()
+        close_server(srv)
+        thread.join(5)
+        assert not thread.is_alive(), "an idle keep-alive client kept the server running"
+        assert idle.recv(1024) == b"", "the client's connection was closed"
