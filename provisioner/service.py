@@ -19,9 +19,12 @@ from provisioner.core.policy import Discover, decide_boot
 from provisioner.core.records import Event, Host
 from provisioner.core.render import BootContext, render_boot_script
 from provisioner.db import events, hosts, tokens, write
-from provisioner.db.leases import list_leases
+from provisioner.db.leases import leases_of
 from provisioner.errors import Conflict, Forbidden, InvalidInput, NotFound
 from provisioner.settings import Settings
+
+
+MAX_EVENTS = 1000
 
 
 class Service:
@@ -54,8 +57,7 @@ class Service:
     def describe(self, host: Host) -> dict[str, Any]:
         """A host as the CLI and the API show it: the record plus its current
         DHCP lease (full mode only)."""
-        now = self.clock()
-        active = [lease for lease in list_leases(self.db, now) if lease.mac in host.macs]
+        active = leases_of(self.db, host.macs, self.clock())
         doc = host.to_json()
         doc["lease"] = (
             {"ip": str(active[0].ip), "mac": active[0].mac, "expires": active[0].expires} if active else None
@@ -97,13 +99,20 @@ class Service:
         return host
 
     def events(self, host_ref: str | None = None, *, limit: int = 100, after_id: int = 0) -> list[Event]:
+        """The newest `limit` events (1 to 1000), of one host (by name or any
+        of its MACs) or of a bare MAC that no host owns yet."""
+        limit = max(1, min(limit, MAX_EVENTS))
         if host_ref is None:
             return events.recent(self.db, limit=limit, after_id=after_id)
         host = self.find_host(host_ref)
-        if host is None:
+        if host is not None:
+            return events.recent(self.db, host=host.name, macs=host.macs, limit=limit, after_id=after_id)
+        try:
+            mac = normalize_mac(host_ref)
+        except InvalidInput:
             # A removed host's history stays readable by its name.
             return events.recent(self.db, host=host_ref, limit=limit, after_id=after_id)
-        return events.recent(self.db, host=host.name, macs=host.macs, limit=limit, after_id=after_id)
+        return events.recent(self.db, macs=(mac,), limit=limit, after_id=after_id)
 
     def record(self, kind: str, message: str, **kw: Any) -> None:
         with write(self.db):
@@ -187,7 +196,6 @@ class Service:
         with write(self.db):
             mac, purpose = self._check_token(token, consuming=True, remote=remote)
             tokens.mark_used(self.db, token, now)
-            nic_macs = [n["mac"] for n in facts["nics"] if n["mac"]]
             host = hosts.by_mac(self.db, mac)
             if host is None:
                 name = default_host_name(mac)
@@ -197,8 +205,9 @@ class Service:
             else:
                 state = "discovered" if host.state in ("new", "discovered") else host.state
                 hosts.update(self.db, host.id, hardware=facts, state=state)
-            # Every NIC identifies the host, unless another host claims it.
-            hosts.add_macs(self.db, host.id, [m for m in nic_macs if hosts.mac_owner(self.db, m) in (None, host.id)])
+            # Only the MAC this boot was issued for identifies the host: the
+            # other NICs in a report are facts, and a report must not be able
+            # to claim MACs of other machines.
             host = hosts.by_mac(self.db, mac)
             assert host is not None
             serials = [d["serial"] for d in facts["disks"] if d["serial"]]

@@ -38,12 +38,14 @@ def recent(
     db: Database, *, host: str | None = None, macs: tuple[str, ...] = (), limit: int = 100, after_id: int = 0
 ) -> list[Event]:
     where, args = ["id > ?"], [after_id]
+    clause = []
     if host is not None:
-        clause = ["host = ?"]
+        clause.append("host = ?")
         args.append(host)
-        if macs:
-            clause.append(f"mac in ({','.join('?' * len(macs))})")
-            args.extend(macs)
+    if macs:
+        clause.append(f"mac in ({','.join('?' * len(macs))})")
+        args.extend(macs)
+    if clause:
         where.append("(" + " or ".join(clause) + ")")
     sql = f"select * from events where {' and '.join(where)} order by id desc limit ?"
     args.append(limit)

@@ -66,6 +66,18 @@ def list_leases(db: Database, now: float | None = None) -> list[Lease]:
     return sorted(leases, key=lambda lease: lease.ip)
 
 
+def leases_of(db: Database, macs: tuple[str, ...], now: float) -> list[Lease]:
+    """The active leases held by any of these MACs, newest first."""
+    if not macs:
+        return []
+    rows = db.execute(
+        f"SELECT mac, ip, expires, hostname, client_id, updated FROM leases "
+        f"WHERE mac IN ({','.join('?' * len(macs))}) AND expires > ? ORDER BY updated DESC",
+        [*macs, now],
+    ).fetchall()
+    return [_lease(dict(zip(("mac", "ip", "expires", "hostname", "client_id", "updated"), r))) for r in rows]
+
+
 def _ip_or_none(text: str | None) -> IPv4Address | None:
     try:
         return IPv4Address(text) if text else None

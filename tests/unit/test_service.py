@@ -56,7 +56,8 @@ def test_unknown_machine_boots_the_agent_and_is_discovered(svc):
     host = svc.agent_report(token, HARDWARE, remote="10.77.0.100")
     assert host.state == "discovered"
     assert host.name == "host-525400123456"
-    assert set(host.macs) == {MAC, "52:54:00:12:34:57"}
+    assert host.macs == (MAC,), "the other NIC is a fact, not an identity"
+    assert {n["mac"] for n in host.hardware["nics"]} == {MAC, "52:54:00:12:34:57"}
     assert [d["serial"] for d in host.hardware["disks"]] == ["SER-A", "SER-B"]
     assert host.hardware["disks"][1]["wwn"] == "0x5000c500a1b2c3d4"
     kinds = [e.kind for e in svc.events(host.name)]
@@ -161,3 +162,27 @@ def test_describe_shows_the_active_lease_of_any_of_its_macs(svc, clock):
     assert svc.describe(host)["lease"] == {"ip": "10.0.0.100", "mac": "52:54:00:00:00:01", "expires": clock.now + 600}
     clock.now += 601
     assert svc.describe(host)["lease"] is None
+
+
+def test_a_report_cannot_claim_another_machines_mac(svc):
+    svc.add_host("52:54:00:12:34:57", "victim")
+    token = token_of(svc.boot_script(MAC, BASE))
+    svc.agent_report(token, HARDWARE)  # lists the victim's MAC among its NICs
+    assert svc.get_host("52:54:00:12:34:57").name == "victim"
+    assert svc.get_host(MAC).macs == (MAC,)
+
+
+def test_event_limits_are_clamped(svc):
+    for i in range(5):
+        svc.record("test.tick", f"tick {i}")
+    assert len(svc.events(limit=-1)) == 1
+    assert len(svc.events(limit=0)) == 1
+    assert [e.message for e in svc.events(limit=2)] == ["tick 3", "tick 4"]
+    assert len(svc.events(limit=10**9)) == 5
+
+
+def test_events_of_a_mac_that_no_host_owns_yet(svc):
+    svc.record("dhcp.offer", "offered 10.0.0.100", mac=MAC)
+    svc.record("dhcp.offer", "offered 10.0.0.101", mac="52:54:00:00:00:99")
+    assert [e.message for e in svc.events("52-54-00-12-34-56")] == ["offered 10.0.0.100"]
+    assert svc.events("never-seen") == []
