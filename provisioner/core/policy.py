@@ -25,21 +25,12 @@ class Hold:
     retry_seconds: int = 30
 
 
-@dataclass(frozen=True)
-class Refuse:
-    """Do not boot anything from the network (for example a retired host)."""
-
-    reason: str
-
-
-BootDecision = Discover | Hold | Refuse
+BootDecision = Discover | Hold
 
 
 def decide_boot(host: Host | None) -> BootDecision:
     if host is None:
         return Discover("unknown machine")
-    if host.state == "retired":
-        return Refuse(f"host {host.name} is retired")
     if not host.hardware:
         return Discover(f"host {host.name} has no hardware facts yet")
     return Hold(f"host {host.name} is {host.state} and has no image to boot yet")

@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-# Host states. `discovered`: inventoried, no profile yet.
-HOST_STATES = ("new", "discovered", "ready", "deploying", "deployed", "failed")
-
-
 @dataclass(frozen=True)
 class Host:
+    """state: "new" (added by hand, not yet inventoried) or "discovered"
+    (inventoried by the agent); deploy states come with images."""
+
     id: int
     name: str
     macs: tuple[str, ...]

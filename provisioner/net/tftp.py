@@ -3,7 +3,7 @@
 Built on tftpy 0.8.7: its wire codec (`TftpPacketFactory` for requests,
 `TftpPacketOACK` and `TftpPacketERR` for replies) is used as is. Its server
 loop is not, for reasons measured on this machine (see
-docs/benchmarks-tftp.md and /work/shared/PXE-NOTES.md section 10):
+docs/benchmarks.md, "What tftpy 0.8.7 does on its own"):
 
 - One exception outside `TftpException` (a `struct.error` from a 3-byte ACK,
   a `UnicodeDecodeError` from a non-ASCII file name, a `ValueError` from

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.core.policy import Discover, Hold, Refuse, decide_boot
+from provisioner.core.policy import Discover, Hold, decide_boot
 from provisioner.core.records import Host
 from provisioner.core.render import BootContext, render_boot_script, render_chain_script
 
@@ -20,7 +20,6 @@ def host(state="discovered", hardware=None):
         ("unknown machine", None, Discover),
         ("added by hand, never inventoried", host(state="new", hardware={}), Discover),
         ("discovered, no profile", host(), Hold),
-        ("retired", host(state="retired"), Refuse),
     ],
 )
 def test_decide_boot(scenario, record, expected):
@@ -37,7 +36,6 @@ CTX = BootContext(base="http://10.77.0.1:8080", mac="52:54:00:12:34:56", token="
         ("discover", Discover("unknown machine"), CTX),
         ("discover-last-attempt", Discover("unknown machine"), BootContext(**{**CTX.__dict__, "attempt": 5})),
         ("hold", Hold("host rack1-n1 is discovered and has no image to boot yet"), CTX),
-        ("refuse", Refuse("host rack1-n1 is retired"), CTX),
     ],
 )
 def test_boot_scripts_match_golden_files(name, decision, ctx):
