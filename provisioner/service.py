@@ -15,7 +15,7 @@ from sqlite_utils import Database
 from provisioner.core.hardware import clean_hardware
 from provisioner.core.mac import normalize_mac
 from provisioner.core.names import check_host_name, check_ipv4, default_host_name, parse_label
-from provisioner.core.policy import Discover, decide_boot
+from provisioner.core.policy import Discover, Hold, decide_boot
 from provisioner.core.records import Event, Host
 from provisioner.core.render import BootContext, render_boot_script
 from provisioner.db import events, hosts, tokens, write
@@ -130,19 +130,23 @@ class Service:
             token = None
             if isinstance(decision, Discover):
                 token = tokens.issue(self.db, mac, "discover", self.clock(), self.settings.agent.token_seconds).token
-            events.append(
-                self.db,
-                "boot.script",
-                f"{mac}: {type(decision).__name__.lower()} ({decision.reason})",
-                host=host.name if host else None,
-                mac=mac,
-                actor="ipxe",
-                data={"decision": type(decision).__name__.lower(), "attempt": attempt},
-            )
+            kind = type(decision).__name__.lower()
+            # A held machine asks again every few seconds; its log says when
+            # the hold began, not every time it asked since.
+            if not (isinstance(decision, Hold) and self._last_decision(mac) == kind):
+                events.append(
+                    self.db, "boot.script", f"{mac}: {kind} ({decision.reason})",
+                    host=host.name if host else None, mac=mac, actor="ipxe",
+                    data={"decision": kind, "attempt": attempt},
+                )
         ctx = BootContext(
             base=base, mac=mac, attempt=attempt, token=token, agent_kernel_args=self.settings.agent.kernel_args
         )
         return render_boot_script(decision, ctx)
+
+    def _last_decision(self, mac: str) -> str | None:
+        last = events.recent(self.db, macs=(mac,), limit=1)
+        return last[0].data.get("decision") if last and last[0].kind == "boot.script" else None
 
     # --- agent ---
 

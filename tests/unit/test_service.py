@@ -186,3 +186,12 @@ def test_events_of_a_mac_that_no_host_owns_yet(svc):
     svc.record("dhcp.offer", "offered 10.0.0.101", mac="52:54:00:00:00:99")
     assert [e.message for e in svc.events("52-54-00-12-34-56")] == ["offered 10.0.0.100"]
     assert svc.events("never-seen") == []
+
+
+def test_a_held_machine_asking_again_does_not_fill_the_log(svc):
+    token = token_of(svc.boot_script(MAC, BASE))
+    svc.agent_report(token, HARDWARE)
+    for _ in range(5):
+        assert "asking the appliance again" in svc.boot_script(MAC, BASE)
+    kinds = [(e.kind, e.data.get("decision")) for e in svc.events(MAC)]
+    assert kinds == [("boot.script", "discover"), ("host.discovered", None), ("boot.script", "hold")]
