@@ -13,18 +13,22 @@ import pytest
 from provisioner.db.connection import open_db
 from provisioner.db.leases import LeaseStore
 from provisioner.net.dhcp import options as o
-from provisioner.net.dhcp.codec import FLAG_BROADCAST, DhcpPacket, MalformedPacket, build, parse
+from provisioner.net.dhcp.codec import (
+    FLAG_BROADCAST,
+    DhcpPacket,
+    MalformedPacket,
+    build,
+    parse,
+)
 from provisioner.net.dhcp.config import DhcpConfig
 from provisioner.net.dhcp.responder import (
     BROADCAST,
-    Commit,
-    Decline,
     Destination,
     Forget,
     Offer,
-    Release,
     respond,
 )
+from provisioner.net.dhcp.server import apply_effect
 
 NOW = 1_700_000_000.0
 SERVER = A("10.20.0.1")
@@ -200,24 +204,10 @@ def test_broadcast_flag_is_echoed(store):
 # --- the lease life cycle, full mode ---
 
 
-def apply(store: LeaseStore, effect) -> None:
-    match effect:
-        case Offer(mac, ip):
-            store.offer(mac, ip, NOW)
-        case Commit(mac, ip, seconds, hostname, cid):
-            store.commit(mac, ip, seconds, NOW, hostname, cid)
-        case Release(mac, ip):
-            store.release(mac, ip, NOW)
-        case Decline(mac, ip):
-            store.decline(mac, ip, NOW)
-        case Forget(mac):
-            store.forget(mac)
-
-
 def run(store, packet, config=FULL, **kw):
     d = respond(packet, config, store, NOW, **kw)
     if d.effect is not None:
-        apply(store, d.effect)
+        apply_effect(store, d.effect, NOW)
     return d
 
 

@@ -51,6 +51,21 @@ RECEIVE_BUFFER = 4 << 20  # capped by net.core.rmem_max
 EVENT_QUEUE = 10_000
 
 
+def apply_effect(store: LeaseStore, effect: Effect, now: float) -> None:
+    """Carry out what the responder decided for the lease store."""
+    match effect:
+        case Offer(mac, ip):
+            store.offer(mac, ip, now)
+        case Commit(mac, ip, seconds, hostname, client_id):
+            store.commit(mac, ip, seconds, now, hostname, client_id)
+        case Release(mac, ip):
+            store.release(mac, ip, now)
+        case Decline(mac, ip):
+            store.decline(mac, ip, now)
+        case Forget(mac):
+            store.forget(mac)
+
+
 def _noop(kind: str, mac: str | None, message: str, data: dict[str, Any]) -> None:
     pass
 
@@ -199,18 +214,7 @@ class DhcpServer:
         return decision
 
     def _apply(self, effect: Effect, now: float) -> None:
-        store = self.leases
-        match effect:
-            case Offer(mac, ip):
-                store.offer(mac, ip, now)
-            case Commit(mac, ip, seconds, hostname, client_id):
-                store.commit(mac, ip, seconds, now, hostname, client_id)
-            case Release(mac, ip):
-                store.release(mac, ip, now)
-            case Decline(mac, ip):
-                store.decline(mac, ip, now)
-            case Forget(mac):
-                store.forget(mac)
+        apply_effect(self.leases, effect, now)
 
     def _malformed(self, source: tuple[str, int], reason: str, data: bytes) -> None:
         start, count = self._malformed_window
