@@ -87,15 +87,17 @@ def cmd_host_list(args) -> int:
     rows = []
     for h in hosts:
         hw = h.hardware
+        lease = svc.describe(h)["lease"]
         rows.append([
             h.name,
             h.state,
             ",".join(h.macs),
+            lease["ip"] if lease else (h.ip or "-"),
             ",".join(f"{k}={v}" for k, v in sorted(h.labels.items())) or "-",
             str(len(hw.get("disks", []))) if hw else "-",
             _size(hw.get("memory_bytes")) if hw else "-",
         ])
-    _table(rows, ["NAME", "STATE", "MACS", "LABELS", "DISKS", "MEMORY"])
+    _table(rows, ["NAME", "STATE", "MACS", "ADDRESS", "LABELS", "DISKS", "MEMORY"])
     return 0
 
 
@@ -155,15 +157,24 @@ def cmd_host_remove(args) -> int:
 
 
 def cmd_events(args) -> int:
-    events = _service(args).events(args.host, limit=args.limit)
-    if args.json:
+    svc = _service(args)
+    events = svc.events(args.host, limit=args.limit)
+    if args.json and not args.follow:
         _json({"events": [e.to_json() for e in events]})
         return 0
-    for e in events:
-        ts = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.ts))
-        who = e.host or e.mac or "-"
-        print(f"{ts}Z  {e.kind:<18} {who:<20} {e.message}")
-    return 0
+    last = 0
+    while True:
+        for e in events:
+            if args.json:
+                print(json.dumps(e.to_json(), sort_keys=True), flush=True)  # one object a line
+            else:
+                ts = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.ts))
+                print(f"{ts}Z  {e.kind:<18} {e.host or e.mac or '-':<20} {e.message}", flush=True)
+            last = max(last, e.id)
+        if not args.follow:
+            return 0
+        time.sleep(1)
+        events = svc.events(args.host, limit=1000, after_id=last)
 
 
 def cmd_lab(args) -> int:
@@ -217,8 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("events", parents=[common], help="the event log")
     s.add_argument("--host", metavar="NAME|MAC")
-    s.add_argument("--limit", type=int, default=100)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--limit", type=int, default=100, help="how many of the newest (1-1000)")
+    s.add_argument("--json", action="store_true", help="JSON; with --follow, one object a line")
+    s.add_argument("--follow", "-f", action="store_true", help="keep printing new events until Ctrl-C")
     s.set_defaults(func=cmd_events)
 
     s = sub.add_parser("lab", help="run the QEMU lab: a machine PXE-boots from the appliance and is discovered")

@@ -29,8 +29,8 @@ def test_host_lifecycle(config):
               "--label", "pool=build", config=config).stdout
     assert "added rack1-n1 (52:54:00:aa:00:01)" in out
     listing = run("host", "list", config=config).stdout.splitlines()
-    assert listing[0].split() == ["NAME", "STATE", "MACS", "LABELS", "DISKS", "MEMORY"]
-    assert listing[1].split()[:4] == ["rack1-n1", "new", "52:54:00:aa:00:01", "pool=build,rack=r1"]
+    assert listing[0].split() == ["NAME", "STATE", "MACS", "ADDRESS", "LABELS", "DISKS", "MEMORY"]
+    assert listing[1].split()[:5] == ["rack1-n1", "new", "52:54:00:aa:00:01", "-", "pool=build,rack=r1"]
     shown = json.loads(run("host", "show", "52:54:00:aa:00:01", "--json", config=config).stdout)
     assert shown["name"] == "rack1-n1" and shown["labels"] == {"rack": "r1", "pool": "build"}
     assert shown["hardware"] == {}
@@ -124,3 +124,31 @@ def test_serve_names_the_port_it_cannot_bind(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith(f"provisioner: config: http.port: cannot bind HTTP on port {port}:"), proc.stderr
+
+
+def test_events_follow_prints_new_events_as_they_come(config):
+    import select
+
+    from provisioner.db import open_db
+    from provisioner.service import Service
+    from provisioner.settings import load
+
+    svc = Service(load(config), open_db(load(config).db_path))
+    svc.record("test.first", "before")
+    proc = subprocess.Popen([sys.executable, "-m", "provisioner", "events", "--follow", "--json",
+                             "--config", str(config)], stdout=subprocess.PIPE, text=True)
+    try:
+        def next_line(timeout=15):
+            ready, _, _ = select.select([proc.stdout], [], [], timeout)
+            assert ready, "no event printed"
+            return json.loads(proc.stdout.readline())
+
+        assert next_line()["kind"] == "test.first"
+        svc.record("test.second", "after", mac="52:54:00:aa:00:02")
+        second = next_line()
+        assert (second["kind"], second["mac"]) == ("test.second", "52:54:00:aa:00:02")
+        assert proc.poll() is None, "still following"
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
