@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 
 from provisioner.lab.appliance import cli
 from provisioner.lab.qemu import DiskSpec
@@ -71,16 +72,10 @@ def test_bios_and_uefi_machines_are_discovered(agent_dir, lab_config, appliance_
     assert hw["system"]["uuid"] == "6f1d2c3b-0000-4000-8000-0000000ef105"
 
 
-def test_proxy_mode_next_to_a_site_dhcp_server(agent_dir, lab, lab_config, appliance_factory, vm_factory,
-                                               lab_host, tmp_path):
-    site = lab.add_site()
+def test_proxy_mode_next_to_a_site_dhcp_server(agent_dir, lab_config, appliance_factory, vm_factory,
+                                               lab_host, site_dhcp):
     # The site's DHCP server hands out addresses and knows nothing of PXE.
-    lab.popen(
-        ["dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0", f"--interface={site.interface}",
-         "--bind-interfaces", "--dhcp-range=10.77.0.50,10.77.0.90,255.255.255.0,10m",
-         f"--dhcp-leasefile={tmp_path / 'site.leases'}", "--dhcp-authoritative"],
-        netns=site.netns,
-    )
+    site = site_dhcp()
     config = lab_config("proxy", agent_dir=agent_dir)
     appliance_factory(config)
     # An older NIC model and a SCSI disk behind virtio-scsi, on q35 this time.
@@ -97,16 +92,20 @@ def test_proxy_mode_next_to_a_site_dhcp_server(agent_dir, lab, lab_config, appli
     assert disk_serials(host) == {"LAB-SCSI-A"}
     assert "5000c50015ea71ad" in (hw["disks"][0]["wwn"] or "")
     assert {n["driver"] for n in hw["nics"] if n["mac"] == vm.spec.mac} <= {"8139cp", "8139too"}
-    leases = (tmp_path / "site.leases").read_text()
-    assert vm.spec.mac in leases, "the address came from the site's DHCP server"
+    assert any(vm.spec.mac in line for line in site.leases()), "the address came from the site's DHCP server"
 
 
-def test_uefi_firmware_pxe_chains_to_ipxe_over_tftp(agent_dir, lab_config, appliance_factory, vm_factory,
-                                                    lab_host):
+@pytest.mark.parametrize("mode", ["full", "proxy"])
+def test_uefi_firmware_pxe_chains_to_ipxe_over_tftp(mode, agent_dir, lab_config, appliance_factory, vm_factory,
+                                                    lab_host, site_dhcp):
     """No iPXE option ROM: OVMF's own EDK2 PXE client asks DHCP (arch 7,
     no user class), fetches snponly.efi over TFTP, which runs iPXE on the
-    firmware's network driver, which fetches the boot script over HTTP."""
-    config = lab_config("full", agent_dir=agent_dir)
+    firmware's network driver, which fetches the boot script over HTTP. In
+    proxy mode the firmware takes its address from the site's server and
+    asks the appliance for the boot file on port 4011 (PXE-NOTES 1)."""
+    if mode == "proxy":
+        site_dhcp()
+    config = lab_config(mode, agent_dir=agent_dir)
     appliance_factory(config)
     vm = vm_factory("uefi-native-pxe", firmware="uefi", nic_rom=False,
                     disks=(DiskSpec(size="1G", serial="LAB-EDK2-A"),))
@@ -117,6 +116,10 @@ def test_uefi_firmware_pxe_chains_to_ipxe_over_tftp(agent_dir, lab_config, appli
     events = cli(["events", "--json"], config)
     kinds = [(e["kind"], e["data"].get("file")) for e in json.loads(events.stdout)["events"]]
     assert ("tftp.sent", "snponly.efi") in kinds, "the firmware took iPXE over TFTP"
+    if mode == "proxy":
+        acks = [e for e in json.loads(events.stdout)["events"]
+                if e["kind"] == "dhcp.ack" and e["mac"] == vm.spec.mac and "PXE boot server" in e["message"]]
+        assert acks and acks[0]["data"]["bootfile"] == "snponly.efi", "the boot file came over port 4011"
 
 
 def test_more_nic_models_and_disk_controllers(agent_dir, lab_config, appliance_factory, vm_factory, lab_host):
