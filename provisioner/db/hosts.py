@@ -11,10 +11,11 @@ from sqlite_utils import Database
 from provisioner.core.records import Host
 
 
-def _host(db: Database, row: dict[str, Any]) -> Host:
-    macs = tuple(
-        r["mac"] for r in db.query("select mac from host_macs where host_id = ? order by rowid", [row["id"]])
-    )
+def _host(db: Database, row: dict[str, Any], macs: tuple[str, ...] | None = None) -> Host:
+    if macs is None:
+        macs = tuple(
+            r["mac"] for r in db.query("select mac from host_macs where host_id = ? order by rowid", [row["id"]])
+        )
     return Host(
         id=row["id"],
         name=row["name"],
@@ -47,7 +48,10 @@ def by_ip(db: Database, ip: str) -> Host | None:
 
 
 def all_hosts(db: Database) -> list[Host]:
-    return [_host(db, row) for row in db.query("select * from hosts order by name")]
+    macs: dict[int, list[str]] = {}
+    for r in db.query("select host_id, mac from host_macs order by rowid"):
+        macs.setdefault(r["host_id"], []).append(r["mac"])
+    return [_host(db, row, tuple(macs.get(row["id"], ()))) for row in db.query("select * from hosts order by name")]
 
 
 def mac_owner(db: Database, mac: str) -> int | None:
