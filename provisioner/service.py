@@ -7,6 +7,7 @@ knows about HTTP or argument parsing.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any, Callable
 
@@ -25,6 +26,7 @@ from provisioner.settings import Settings
 
 
 MAX_EVENTS = 1000
+_PHASE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")  # becomes part of an event kind
 
 
 class Service:
@@ -150,7 +152,7 @@ class Service:
 
     # --- agent ---
 
-    def _check_token(self, token: Any, *, consuming: bool, remote: str | None) -> tuple[str, str]:
+    def _check_token(self, token: Any, *, allow_used: bool, remote: str | None) -> tuple[str, str]:
         if not isinstance(token, str) or not token:
             self._refuse(None, "agent request without a token", remote)
         found = tokens.find(self.db, token)
@@ -158,7 +160,7 @@ class Service:
             self._refuse(None, "agent request with an unknown token", remote)
         if found.expires < self.clock():
             self._refuse(found.mac, "agent request with an expired token", remote)
-        if consuming and found.used is not None:
+        if not allow_used and found.used is not None:
             self._refuse(found.mac, "agent report with a token that was used already", remote)
         return found.mac, found.purpose
 
@@ -177,17 +179,18 @@ class Service:
 
     def agent_plan(self, token: Any, *, remote: str | None = None) -> dict[str, Any]:
         with write(self.db):
-            mac, purpose = self._check_token(token, consuming=True, remote=remote)
+            mac, purpose = self._check_token(token, allow_used=False, remote=remote)
             host = hosts.by_mac(self.db, mac)
         return {"mode": purpose, "mac": mac, "host": host.name if host else None}
 
     def agent_event(self, token: Any, phase: Any, message: Any, *, remote: str | None = None) -> None:
-        if not isinstance(phase, str) or not phase or len(phase) > 64:
-            raise InvalidInput("phase: expected a short string")
+        if not isinstance(phase, str) or not _PHASE.match(phase):
+            raise InvalidInput("phase: expected lower-case letters, digits and '-', at most 32")
         if message is not None and (not isinstance(message, str) or len(message) > 4096):
             raise InvalidInput("message: expected a string of at most 4096 characters")
         with write(self.db):
-            mac, _ = self._check_token(token, consuming=False, remote=remote)
+            # Progress may still arrive after the report (e.g. "poweroff").
+            mac, _ = self._check_token(token, allow_used=True, remote=remote)
             host = hosts.by_mac(self.db, mac)
             events.append(
                 self.db, f"agent.{phase}", message or phase,
@@ -198,7 +201,7 @@ class Service:
         facts = clean_hardware(hardware)
         now = self.clock()
         with write(self.db):
-            mac, purpose = self._check_token(token, consuming=True, remote=remote)
+            mac, purpose = self._check_token(token, allow_used=False, remote=remote)
             tokens.mark_used(self.db, token, now)
             host = hosts.by_mac(self.db, mac)
             if host is None:

@@ -195,3 +195,17 @@ def test_a_held_machine_asking_again_does_not_fill_the_log(svc):
         assert "asking the appliance again" in svc.boot_script(MAC, BASE)
     kinds = [(e.kind, e.data.get("decision")) for e in svc.events(MAC)]
     assert kinds == [("boot.script", "discover"), ("host.discovered", None), ("boot.script", "hold")]
+
+
+@pytest.mark.parametrize("phase", ["", "Network Up", "x" * 40, "a.b", None, 7])
+def test_agent_phases_are_short_plain_words(svc, phase):
+    token = token_of(svc.boot_script(MAC, BASE))
+    with pytest.raises(InvalidInput, match="phase"):
+        svc.agent_event(token, phase, "hello")
+
+
+def test_progress_after_the_report_is_still_recorded(svc):
+    token = token_of(svc.boot_script(MAC, BASE))
+    svc.agent_report(token, HARDWARE)
+    svc.agent_event(token, "poweroff", "powering off")
+    assert svc.events(MAC)[-1].kind == "agent.poweroff"
