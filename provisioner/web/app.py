@@ -23,14 +23,14 @@ class _Connections(threading.local):
     db: Database | None = None
 
 
-def create_app(settings: Settings, *, base_url: str | None = None, db_path: str | None = None) -> Flask:
+def create_app(settings: Settings, *, base_url: str | None = None) -> Flask:
     """`base_url` is where clients reach this server (settings.base_url);
     without one (tests, ad-hoc runs) each request's own Host is used."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.extensions["provisioner.settings"] = settings
     app.extensions["provisioner.base_url"] = base_url
-    path = db_path or str(settings.db_path)
+    path = str(settings.db_path)
     open_db(path).conn.close()  # migrate once, before threads share the file
     local = _Connections()
 
