@@ -14,6 +14,7 @@ with `list_leases(db)` on their own connection.
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -98,6 +99,7 @@ class LeaseStore:
         self._declined: dict[int, float] = {}  # ip -> until
         self._reserved: dict[int, frozenset[str]] = {}
         self._reserved_at = -1e18
+        self._cursor = 0  # where next_free starts looking
         self.reload()
 
     def reload(self) -> None:
@@ -158,9 +160,17 @@ class LeaseStore:
         return owners is None or mac in owners
 
     def next_free(self, first: IPv4Address, last: IPv4Address, mac: str, now: float) -> IPv4Address | None:
+        """The next free address after the last one handed out, wrapping
+        around the pool. Scanning from the pool's start would walk past every
+        address in use for every new client (slow on a large, busy pool),
+        and would hand an address just released by one client straight to
+        another instead of keeping it for its owner's return."""
         reserved = self._reserved_ips()
-        for n in range(int(first), int(last) + 1):
+        lo, hi = int(first), int(last)
+        start = self._cursor if lo <= self._cursor <= hi else lo
+        for n in itertools.chain(range(start, hi + 1), range(lo, start)):
             if self._free(n, mac, now, reserved):
+                self._cursor = n + 1
                 return IPv4Address(n)
         return None
 

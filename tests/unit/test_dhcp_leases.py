@@ -78,3 +78,19 @@ def test_reservations_come_from_hosts(tmp_path):
     assert s.reservation(MAC) == A("10.0.0.11")
     assert s.reservation(OTHER) is None
     assert not s.available(A("10.0.0.11"), OTHER, NOW) and s.available(A("10.0.0.11"), MAC, NOW)
+
+
+def test_next_free_goes_on_after_the_last_address_and_wraps(tmp_path):
+    store = store_at(tmp_path / "s.db")
+    first, last = A("10.9.0.10"), A("10.9.0.13")
+    got = []
+    for i in range(4):
+        mac = f"52:54:00:00:01:{i:02x}"
+        ip = store.next_free(first, last, mac, NOW)
+        store.commit(mac, ip, 600, NOW)
+        got.append(str(ip))
+    assert got == ["10.9.0.10", "10.9.0.11", "10.9.0.12", "10.9.0.13"]
+    assert store.next_free(first, last, "52:54:00:00:01:99", NOW) is None  # full
+    store.release("52:54:00:00:01:01", A("10.9.0.11"), NOW)
+    # Only after wrapping around is a released address given to someone else.
+    assert store.next_free(first, last, "52:54:00:00:01:99", NOW) == A("10.9.0.11")
