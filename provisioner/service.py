@@ -128,7 +128,7 @@ class Service:
         attempt = max(1, min(attempt, 100))
         with write(self.db):
             host = hosts.by_mac(self.db, mac)
-            decision = decide_boot(host)
+            decision = decide_boot(host, discover_unknown=self.settings.boot.unknown == "discover")
             token = None
             if isinstance(decision, Discover):
                 token = tokens.issue(self.db, mac, "discover", self.clock(), self.settings.agent.token_seconds).token

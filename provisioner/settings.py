@@ -70,6 +70,15 @@ class AgentSettings:
 
 
 @dataclass(frozen=True)
+class BootSettings:
+    # What an unknown machine that network-boots gets: "discover" (the agent
+    # inventories it and powers it off) or "ignore" (no boot file, so its
+    # firmware moves on to its next boot device: safe next to machines the
+    # appliance must not touch).
+    unknown: str = "discover"
+
+
+@dataclass(frozen=True)
 class Settings:
     state_dir: Path
     network: NetworkSettings
@@ -78,6 +87,7 @@ class Settings:
     tftp: TftpSettings = field(default_factory=TftpSettings)
     ipxe: IpxeSettings = field(default_factory=IpxeSettings)
     agent: AgentSettings = field(default_factory=AgentSettings)
+    boot: BootSettings = field(default_factory=BootSettings)
     source: Path | None = None
 
     @property
@@ -168,14 +178,19 @@ def _positive(key: str, value: int, most: int = 2**31 - 1) -> int:
 # Every key the file may hold, by table ("" is the top level). The README
 # documents each one; a test keeps the two in step.
 SCHEMA: dict[str, dict[str, type]] = {
-    "": {"state_dir": str, "network": dict, "dhcp": dict, "http": dict, "tftp": dict, "ipxe": dict, "agent": dict},
+    "": {
+        "state_dir": str, "network": dict, "dhcp": dict, "http": dict, "tftp": dict, "ipxe": dict, "agent": dict,
+        "boot": dict,
+    },
     "network": {"interface": str, "dhcp": str, "advertise": str},
     "dhcp": {"pool": str, "lease_seconds": int, "router": str, "dns": list, "domain": str},
     "http": {"port": int, "bind": str, "threads": int},
     "tftp": {"port": int, "root": str, "timeout": int},
     "ipxe": {"bios": str, "efi": str, "efi_fallback": str},
     "agent": {"dir": str, "kernel_args": str, "token_seconds": int},
+    "boot": {"unknown": str},
 }
+UNKNOWN_MACHINES = ("discover", "ignore")
 
 
 def parse(doc: dict[str, Any], source: Path | None = None) -> Settings:
@@ -237,6 +252,11 @@ def parse(doc: dict[str, Any], source: Path | None = None) -> Settings:
         token_seconds=_positive("agent.token_seconds", a.get("token_seconds", 3600)),
     )
 
+    b = _take(top.get("boot", {}), SCHEMA["boot"], "boot.")
+    unknown = b.get("unknown", "discover")
+    if unknown not in UNKNOWN_MACHINES:
+        raise _fail("boot.unknown", f"{unknown!r} is not one of {', '.join(UNKNOWN_MACHINES)}")
+
     return Settings(
         state_dir=Path(top["state_dir"]),
         network=network,
@@ -245,6 +265,7 @@ def parse(doc: dict[str, Any], source: Path | None = None) -> Settings:
         tftp=tftp,
         ipxe=ipxe,
         agent=agent,
+        boot=BootSettings(unknown=unknown),
         source=source,
     )
 

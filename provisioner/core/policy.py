@@ -25,11 +25,21 @@ class Hold:
     retry_seconds: int = 30
 
 
-BootDecision = Discover | Hold
+@dataclass(frozen=True)
+class Exit:
+    """Boot nothing from the network: hand the machine back to its firmware,
+    which tries its next boot device."""
+
+    reason: str
 
 
-def decide_boot(host: Host | None) -> BootDecision:
+BootDecision = Discover | Hold | Exit
+
+
+def decide_boot(host: Host | None, *, discover_unknown: bool = True) -> BootDecision:
     if host is None:
+        if not discover_unknown:
+            return Exit("unknown machine, and boot.unknown is ignore")
         return Discover("unknown machine")
     if not host.hardware:
         return Discover(f"host {host.name} has no hardware facts yet")

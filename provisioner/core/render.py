@@ -11,7 +11,7 @@ from pathlib import Path
 import jinja2
 
 from provisioner.core.mac import mac_hexhyp
-from provisioner.core.policy import BootDecision, Discover, Hold
+from provisioner.core.policy import BootDecision, Discover, Exit, Hold
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "boot_templates"
 MAX_ATTEMPTS = 5
@@ -72,6 +72,8 @@ def render_boot_script(decision: BootDecision, ctx: BootContext, template_dir: P
             return env.get_template("discover.ipxe.j2").render(cmdline=agent_cmdline(ctx, "discover"), **common)
         case Hold(retry_seconds=retry):
             return env.get_template("hold.ipxe.j2").render(retry_seconds=retry, **common)
+        case Exit():
+            return env.get_template("exit.ipxe.j2").render(**common)
     raise TypeError(f"no template for {decision!r}")
 
 

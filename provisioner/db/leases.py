@@ -124,6 +124,9 @@ class LeaseStore:
         row = self.db.execute(_RESERVATIONS + " AND host_macs.mac = ?", [mac]).fetchone()
         return None if row is None else _ip_or_none(row[1])
 
+    def known(self, mac: str) -> bool:
+        return self.db.execute("SELECT 1 FROM host_macs WHERE mac = ?", [mac]).fetchone() is not None
+
     def _reserved_ips(self) -> dict[int, frozenset[str]]:
         now = time.monotonic()
         if now - self._reserved_at > RESERVED_CACHE_SECONDS:

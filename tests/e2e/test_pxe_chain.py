@@ -84,3 +84,21 @@ def test_a_reserved_address_is_offered_to_its_host(lab, site, appliance_factory,
     # Anyone else gets a pool address, never the reserved one.
     other = pxe_discover(lab, site, "52:54:00:c0:ff:05", 0, user_class="iPXE")
     assert other["yiaddr"] != "10.77.0.42" and other["yiaddr"].startswith("10.77.0.1")
+
+
+def test_with_boot_unknown_ignore_only_registered_machines_get_a_boot_file(lab, site, appliance_factory,
+                                                                           lab_config):
+    config = lab_config("proxy")
+    with open(config.path, "a") as f:
+        f.write('\n[boot]\nunknown = "ignore"\n')
+    appliance_factory(config)
+    argv = [sys.executable, "-m", "tests.helpers.pxe_client", site.interface, "52:54:00:c0:ff:06", "0",
+            "--timeout", "4"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    silent = lab.run(argv, netns=site.netns, timeout=30, check=False, env=env)
+    assert silent.returncode == 1 and "no reply" in silent.stderr, "an unknown machine got an answer"
+    added = cli(["host", "add", "52:54:00:c0:ff:06", "--name", "registered-1"], config)
+    assert added.returncode == 0, added.stderr
+    assert pxe_discover(lab, site, "52:54:00:c0:ff:06", 0)["file"] == "undionly.kpxe"
+    events = json.loads(cli(["events", "--json"], config).stdout)["events"]
+    assert any(e["kind"] == "dhcp.ignored" and e["mac"] == "52:54:00:c0:ff:06" for e in events)

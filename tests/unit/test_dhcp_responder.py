@@ -399,3 +399,33 @@ def test_replies_and_bootp_are_ignored(store):
 def test_impossible_requests_raise_malformed(packet, store):
     with pytest.raises(MalformedPacket):
         respond(packet, FULL, store, NOW)
+
+
+# --- boot.unknown = "ignore": boot files for registered machines only ---
+
+
+def known(store: LeaseStore, mac: str) -> None:
+    store.db["hosts"].insert({"id": 7, "name": "known", "state": "new", "created": NOW, "updated": NOW})
+    store.db["host_macs"].insert({"mac": mac, "host_id": 7})
+
+
+def test_proxy_mode_stays_silent_to_unknown_machines(store):
+    config = replace(PROXY, ignore_unknown=True)
+    d = respond(req(o.DISCOVER, *BIOS_PXE), config, store, NOW)
+    assert d.reply is None and d.event == "dhcp.ignored"
+    d = respond(req(o.REQUEST, *UEFI_PXE, ciaddr=A("10.20.0.50")), config, store, NOW,
+                port=4011, source=("10.20.0.50", 4011))
+    assert d.reply is None and d.event is None
+    known(store, MAC)
+    d = respond(req(o.DISCOVER, *BIOS_PXE), config, store, NOW)
+    assert d.reply.file == b"undionly.kpxe" and d.reply.yiaddr == A(0)
+
+
+def test_full_mode_gives_unknown_machines_an_address_but_no_boot_file(store):
+    config = replace(FULL, ignore_unknown=True)
+    d = respond(req(o.DISCOVER, *IPXE), config, store, NOW)
+    assert d.event == "dhcp.offer" and d.reply.yiaddr == A("10.20.0.100")
+    assert d.reply.file == b"" and 43 not in opts(d.reply) and 60 not in opts(d.reply)
+    known(store, MAC)
+    d = respond(req(o.DISCOVER, *IPXE), config, store, NOW)
+    assert d.reply.file == f"{BASE}/boot/ipxe?mac=52-54-00-12-34-56".encode()

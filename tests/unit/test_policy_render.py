@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.core.policy import Discover, Hold, decide_boot
+from provisioner.core.policy import Discover, Exit, Hold, decide_boot
 from provisioner.core.records import Host
 from provisioner.core.render import BootContext, render_boot_script, render_chain_script
 
@@ -26,6 +26,18 @@ def test_decide_boot(scenario, record, expected):
     assert isinstance(decide_boot(record), expected), scenario
 
 
+@pytest.mark.parametrize(
+    "scenario, record, expected",
+    [
+        ("unknown machine", None, Exit),
+        ("registered, never inventoried", host(state="new", hardware={}), Discover),
+        ("discovered", host(), Hold),
+    ],
+)
+def test_decide_boot_when_unknown_machines_are_ignored(scenario, record, expected):
+    assert isinstance(decide_boot(record, discover_unknown=False), expected), scenario
+
+
 CTX = BootContext(base="http://10.77.0.1:8080", mac="52:54:00:12:34:56", token="TOKEN",
                   agent_kernel_args="console=ttyS0,115200")
 
@@ -36,6 +48,7 @@ CTX = BootContext(base="http://10.77.0.1:8080", mac="52:54:00:12:34:56", token="
         ("discover", Discover("unknown machine"), CTX),
         ("discover-last-attempt", Discover("unknown machine"), BootContext(**{**CTX.__dict__, "attempt": 5})),
         ("hold", Hold("host rack1-n1 is discovered and has no image to boot yet"), CTX),
+        ("exit", Exit("unknown machine, and boot.unknown is ignore"), CTX),
     ],
 )
 def test_boot_scripts_match_golden_files(name, decision, ctx):

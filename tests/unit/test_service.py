@@ -209,3 +209,14 @@ def test_progress_after_the_report_is_still_recorded(svc):
     svc.agent_report(token, HARDWARE)
     svc.agent_event(token, "poweroff", "powering off")
     assert svc.events(MAC)[-1].kind == "agent.poweroff"
+
+
+def test_unknown_machines_are_sent_back_to_their_firmware_when_ignored(clock):
+    settings = parse({"state_dir": "/nonexistent", "network": {"interface": "br0", "dhcp": "proxy"},
+                      "boot": {"unknown": "ignore"}})
+    svc = Service(settings, open_db(None), clock=clock)
+    script = svc.boot_script(MAC, BASE)
+    assert script.rstrip().endswith("exit 1") and "provisioner.token" not in script
+    assert svc.db["boot_tokens"].count == 0
+    svc.add_host(MAC, "rack1-n1")
+    assert "provisioner.token=" in svc.boot_script(MAC, BASE), "a registered machine is inventoried"

@@ -60,6 +60,8 @@ def test_good_file_parses_into_frozen_settings():
         (with_("http.port", True), "http.port"),
         (with_("tftp.port", -1), "tftp.port"),
         (with_("ipxe.arm", "/x"), "ipxe.arm"),
+        (with_("boot.unknown", "power-off"), "boot.unknown"),
+        (with_("boot.known", "x"), "boot.known"),
     ],
 )
 def test_bad_values_name_their_key(doc, key):

@@ -30,6 +30,7 @@ class DhcpConfig:
     dns: tuple[IPv4Address, ...] = ()
     domain: str | None = None
     next_server: IPv4Address | None = None  # siaddr (TFTP); default server_ip
+    ignore_unknown: bool = False  # boot.unknown = "ignore": boot files only for registered MACs
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -65,4 +66,5 @@ class DhcpConfig:
             dns=tuple(IPv4Address(str(a)) for a in settings.dhcp.dns),
             domain=settings.dhcp.domain,
             next_server=IPv4Address(str(advertise)),
+            ignore_unknown=settings.boot.unknown == "ignore",
         )

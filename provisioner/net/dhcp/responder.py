@@ -36,6 +36,9 @@ class LeaseView(Protocol):
 
     def next_free(self, first: IPv4Address, last: IPv4Address, mac: str, now: float) -> IPv4Address | None: ...
 
+    def known(self, mac: str) -> bool:
+        """Whether a host record owns this MAC."""
+
 
 # Lease effects: what the caller must do to the store after sending the reply.
 @dataclass(frozen=True)
@@ -115,6 +118,16 @@ def respond(
     if kind is None:
         return SILENT  # plain BOOTP: not served
     client = classify(req, mac, config.base_url)
+    if config.ignore_unknown and client.netboot and not leases.known(mac):
+        # boot.unknown = "ignore": no boot file for a machine nobody
+        # registered, so its firmware goes on to its next boot device. As
+        # the network's DHCP server we still give it an address.
+        if config.mode == "proxy" or port == PXE_PORT:
+            if kind != o.DISCOVER:
+                return SILENT
+            return Decision(event="dhcp.ignored", message=f"{mac} is not a known host: no boot file (boot.unknown)",
+                            data={"client": client.kind})
+        client = replace(client, bootfile=None)
     if port == PXE_PORT:
         return _pxe_boot_server(req, kind, client, config, source)
     if config.mode == "proxy":
