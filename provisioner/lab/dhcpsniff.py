@@ -12,54 +12,39 @@ import argparse
 import json
 import os
 import socket
-import struct
 import sys
 import time
 from typing import Any
 
-MAGIC = b"\x63\x82\x53\x63"
+from provisioner.net.dhcp import codec
+from provisioner.net.dhcp import options as o
+
 MESSAGE_TYPES = {1: "DISCOVER", 2: "OFFER", 3: "REQUEST", 4: "DECLINE", 5: "ACK", 6: "NAK", 7: "RELEASE", 8: "INFORM"}
 # SO_BINDTODEVICE from <asm-generic/socket.h>; Python exposes it only on some builds.
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 
 
-def parse_options(data: bytes) -> dict[int, bytes]:
-    """Options after the magic cookie; pad skipped, stops at end or 255.
-    Repeated codes are concatenated (RFC 3396)."""
-    opts: dict[int, bytes] = {}
-    i = 0
-    while i < len(data):
-        code = data[i]
-        if code == 0:
-            i += 1
-            continue
-        if code == 255 or i + 1 >= len(data):
-            break
-        length = data[i + 1]
-        opts[code] = opts.get(code, b"") + data[i + 2 : i + 2 + length]
-        i += 2 + length
-    return opts
-
-
 def decode(packet: bytes) -> dict[str, Any] | None:
-    """The fields a PXE test cares about, or None for a non-DHCP packet."""
-    if len(packet) < 240 or packet[236:240] != MAGIC or packet[0] != 1:
+    """The fields a PXE test cares about, or None for anything that is not a
+    well-formed DHCP request (decoded with the project's own codec)."""
+    try:
+        p = codec.parse(packet)
+    except codec.MalformedPacket:
         return None
-    xid, secs, flags = struct.unpack("!IHH", packet[4:12])
-    hlen = min(packet[2], 16)
-    mac = ":".join(f"{b:02x}" for b in packet[28 : 28 + hlen])
-    opts = parse_options(packet[240:])
-    arch = opts.get(93)
+    if p.op != codec.BOOTREQUEST:
+        return None
+    opts = dict(p.options)
+    arches = o.client_arches(p)
     return {
         "time": time.time(),
-        "mac": mac,
-        "xid": f"{xid:08x}",
-        "secs": secs,
-        "broadcast": bool(flags & 0x8000),
+        "mac": p.mac or p.chaddr[: min(p.hlen, 16)].hex(":"),
+        "xid": f"{p.xid:08x}",
+        "secs": p.secs,
+        "broadcast": bool(p.flags & codec.FLAG_BROADCAST),
         "type": MESSAGE_TYPES.get(opts.get(53, b"\x00")[0], "?"),
         "vendor_class": opts.get(60, b"").decode("ascii", "replace") or None,
         "user_class": opts.get(77, b"").decode("ascii", "replace") or None,
-        "arch": struct.unpack("!H", arch[:2])[0] if arch and len(arch) >= 2 else None,
+        "arch": arches[0] if arches else None,
         "options": {str(k): v.hex() for k, v in sorted(opts.items())},
     }
 
