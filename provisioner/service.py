@@ -14,6 +14,7 @@ from typing import Any, Callable
 from sqlite_utils import Database
 
 from provisioner.core.hardware import clean_hardware
+from provisioner.core.imageref import parse_ref
 from provisioner.core.mac import normalize_mac
 from provisioner.core.names import check_host_name, check_ipv4, default_host_name, parse_label
 from provisioner.core.policy import Discover, Hold, decide_boot
@@ -22,6 +23,7 @@ from provisioner.core.render import BootContext, render_boot_script
 from provisioner.db import events, hosts, tokens, write
 from provisioner.db.leases import leases_of
 from provisioner.errors import Conflict, Forbidden, InvalidInput, NotFound
+from provisioner.images.catalog import ImagesMixin
 from provisioner.settings import Settings
 
 
@@ -29,7 +31,7 @@ MAX_EVENTS = 1000
 _PHASE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")  # becomes part of an event kind
 
 
-class Service:
+class Service(ImagesMixin):
     def __init__(self, settings: Settings, db: Database, *, clock: Callable[[], float] = time.time):
         self.settings = settings
         self.db = db
@@ -67,7 +69,7 @@ class Service:
         return doc
 
     def add_host(self, mac: str, name: str, labels: list[str] | dict[str, str] = (), *, ip: str | None = None,
-                 actor: str = "cli") -> Host:
+                 image: str | None = None, actor: str = "cli") -> Host:
         mac = normalize_mac(mac)
         check_host_name(name)
         if ip is not None:
@@ -83,7 +85,12 @@ class Service:
                 raise Conflict(f"MAC {mac} belongs to host {owner.name!r} already")
             if ip is not None and (holder := hosts.by_ip(self.db, ip)) is not None:
                 raise Conflict(f"address {ip} is reserved for host {holder.name!r} already")
+            if image:
+                self.resolve_image(image)  # refuse an image that is not published
             host = hosts.insert(self.db, name=name, macs=[mac], state="new", labels=label_map, ip=ip)
+            if image:
+                hosts.update(self.db, host.id, image=str(parse_ref(image)))
+                host = hosts.by_mac(self.db, mac)
             events.append(
                 self.db, "host.added", f"host {name} added with MAC {mac}" + (f", address {ip}" if ip else ""),
                 host=name, mac=mac, actor=actor,

@@ -106,6 +106,10 @@ class Settings:
     def cache_dir(self) -> Path:
         return self.state_dir / "cache"
 
+    @property
+    def images_dir(self) -> Path:
+        return self.state_dir / "images"
+
 
 @dataclass(frozen=True)
 class InterfaceInfo:

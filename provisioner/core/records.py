@@ -18,6 +18,7 @@ class Host:
     hardware: Mapping[str, Any] = field(default_factory=dict)
     profile: str | None = None
     ip: str | None = None
+    image: str | None = None  # NAME@VERSION or NAME@CHANNEL it should run
     created: float = 0.0
     updated: float = 0.0
 
@@ -30,6 +31,7 @@ class Host:
             "hardware": dict(self.hardware),
             "profile": self.profile,
             "ip": self.ip,
+            "image": self.image,
             "created": self.created,
             "updated": self.updated,
         }

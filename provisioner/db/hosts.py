@@ -25,6 +25,7 @@ def _host(db: Database, row: dict[str, Any], macs: tuple[str, ...] | None = None
         hardware=json.loads(row["hardware"] or "{}"),
         profile=row["profile"],
         ip=row["ip"],
+        image=row.get("image"),
         created=row["created"],
         updated=row["updated"],
     )

@@ -78,3 +78,47 @@ def m001_initial(db: Database) -> None:
         pk="token",
         not_null={"mac", "purpose", "issued", "expires"},
     )
+
+
+@migrations()
+def m002_images(db: Database) -> None:
+    # name@version -> manifest digest; immutable once inserted.
+    db["images"].create(
+        {
+            "name": str,
+            "version": str,
+            "digest": str,  # sha256 of manifest.json
+            "created": float,  # from the manifest (SOURCE_DATE_EPOCH)
+            "published": float,
+            "actor": str,
+            "source": str,  # definition | import
+            "size": int,  # sum of the artifacts
+        },
+        pk=("name", "version"),
+        not_null={"digest", "created", "published", "source", "size"},
+    )
+    db["images"].create_index(["digest"])
+    # Which blobs an image is made of, manifest included, so that serving,
+    # remove and gc can ask by digest.
+    db["image_blobs"].create(
+        {"name": str, "version": str, "artifact": str, "digest": str, "size": int},
+        pk=("name", "version", "artifact"),
+        not_null={"digest", "size"},
+    )
+    db["image_blobs"].create_index(["digest"])
+    db["channels"].create(
+        {"name": str, "label": str, "version": str, "updated": float, "actor": str},
+        pk=("name", "label"),
+        not_null={"version", "updated"},
+    )
+    db["channel_moves"].create(
+        {
+            "id": int, "name": str, "label": str, "from_version": str, "to_version": str,
+            "ts": float, "actor": str,
+        },
+        pk="id",
+        not_null={"name", "label", "to_version", "ts"},
+    )
+    db["channel_moves"].create_index(["name", "label", "id"])
+    # The image a host should run (NAME@VERSION or NAME@CHANNEL).
+    db["hosts"].add_column("image", str)

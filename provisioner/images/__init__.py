@@ -1,0 +1,1 @@
+"""Versioned, immutable images: definitions, builds, imports and the content-addressed store."""
