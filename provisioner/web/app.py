@@ -44,9 +44,11 @@ def create_app(settings: Settings, *, base_url: str | None = None) -> Flask:
     app.extensions["provisioner.service"] = service
 
     from provisioner.web.api import api
+    from provisioner.web.blobs import blobs
     from provisioner.web.boot import boot
 
     app.register_blueprint(boot)
+    app.register_blueprint(blobs)
     app.register_blueprint(api, url_prefix="/api/v1")
 
     @app.get("/healthz")
