@@ -145,7 +145,8 @@ def cmd_host_show(args) -> int:
 
 
 def cmd_host_add(args) -> int:
-    host = _service(args).add_host(args.mac, args.name, args.label or [], ip=args.ip)
+    svc = _service(args)
+    host = svc.add_host(args.mac, args.name, args.label or [], ip=args.ip, image=args.image)
     print(f"added {host.name} ({', '.join(host.macs)})" + (f", address {host.ip} reserved" if host.ip else ""))
     return 0
 
@@ -221,10 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--name", required=True)
     h.add_argument("--label", action="append", metavar="KEY=VALUE", help="repeatable")
     h.add_argument("--ip", metavar="ADDRESS", help="reserve this address for it (full DHCP mode)")
+    h.add_argument("--image", metavar="NAME@VERSION|NAME@CHANNEL", help="what it should run")
     h.set_defaults(func=cmd_host_add)
     h = hsub.add_parser("remove", parents=[common], help="remove a host by name or MAC")
     h.add_argument("ref", metavar="NAME|MAC")
     h.set_defaults(func=cmd_host_remove)
+
+    from provisioner.cli_images import add_commands
+
+    add_commands(sub, common, hsub)
 
     s = sub.add_parser("events", parents=[common], help="the event log")
     s.add_argument("--host", metavar="NAME|MAC")
