@@ -17,14 +17,6 @@ from provisioner.images.progress import Progress
 pytestmark = pytest.mark.timeout(900)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """images/tiny built once through the CLI; (config, build output, manifest)."""
-    config = make_state(tmp_path_factory.mktemp("tiny-a"))
-    proc = cli(config, "image", "build", str(TINY), "--json")
-    return config, proc, json.loads(proc.stdout)
-
-
 def test_tiny_builds_and_is_small(tiny):
     config, proc, manifest = tiny
     assert manifest["name"] == "tiny" and manifest["version"] == "1.0.0" and manifest["new"] is True
