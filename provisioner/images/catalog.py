@@ -122,41 +122,45 @@ class ImagesMixin:
         if set(files) != set(ARTIFACTS):
             raise InvalidInput(f"an image needs exactly these artifacts: {', '.join(ARTIFACTS)}")
         store = self.image_store().ensure()
-        blobs: dict[str, Blob] = {name: store.ingest(files[name]) for name in ARTIFACTS}
-        manifest = dataclasses.replace(
-            manifest, artifacts=tuple(ArtifactInfo(n, blobs[n].size, blobs[n].sha256) for n in ARTIFACTS)
-        )
-        mblob = store.add_bytes(manifest.canonical(), staging)
         ref = f"{manifest.name}@{manifest.version}"
-        with write(self.db):
-            row = images.get(self.db, manifest.name, manifest.version)
-            if row is not None:
-                if row.digest == mblob.sha256:
-                    return Published(row, manifest, new=False)
-                ours = {b.sha256 for b in blobs.values()} | {mblob.sha256}
-                self._drop_unreferenced(ours)
-                raise Conflict(
-                    f"{ref} is published already as sha256:{row.digest}; this content is sha256:{mblob.sha256}."
-                    " Published versions never change: use a new version"
-                )
-            row = images.ImageRow(
-                name=manifest.name, version=manifest.version, digest=mblob.sha256, created=manifest.created,
-                published=self.clock(), actor=actor, source=manifest.source.get("kind", "unknown"),
-                size=sum(b.size for b in blobs.values()),
+        with store.publishing():
+            blobs: dict[str, Blob] = {name: store.ingest(files[name]) for name in ARTIFACTS}
+            manifest = dataclasses.replace(
+                manifest, artifacts=tuple(ArtifactInfo(n, blobs[n].size, blobs[n].sha256) for n in ARTIFACTS)
             )
-            images.insert(
-                self.db, row,
-                [(n, b.sha256, b.size) for n, b in blobs.items()] + [(MANIFEST, mblob.sha256, mblob.size)],
-            )
-            events.append(
-                self.db, "image.published", f"{ref} published as sha256:{mblob.sha256}", actor=actor,
-                data={"image": ref, "digest": mblob.sha256, "source": dict(manifest.source)},
-            )
-        return Published(row, manifest, new=True)
+            mblob = store.add_bytes(manifest.canonical(), staging)
+            with write(self.db):
+                row = images.get(self.db, manifest.name, manifest.version)
+                if row is None:
+                    row = images.ImageRow(
+                        name=manifest.name, version=manifest.version, digest=mblob.sha256,
+                        created=manifest.created, published=self.clock(), actor=actor,
+                        source=manifest.source.get("kind", "unknown"), size=sum(b.size for b in blobs.values()),
+                    )
+                    images.insert(
+                        self.db, row,
+                        [(n, b.sha256, b.size) for n, b in blobs.items()] + [(MANIFEST, mblob.sha256, mblob.size)],
+                    )
+                    events.append(
+                        self.db, "image.published", f"{ref} published as sha256:{mblob.sha256}", actor=actor,
+                        data={"image": ref, "digest": mblob.sha256, "source": dict(manifest.source)},
+                    )
+                    return Published(row, manifest, new=True)
+        if row.digest == mblob.sha256:
+            return Published(row, manifest, new=False)
+        # Refused: take back what this publish added, unless another
+        # publisher is busy (then `gc` does it later).
+        with store.collecting(wait=False) as alone:
+            if alone:
+                self._drop_unreferenced({b.sha256 for b in blobs.values()} | {mblob.sha256})
+        raise Conflict(
+            f"{ref} is published already as sha256:{row.digest}; this content is sha256:{mblob.sha256}."
+            " Published versions never change: use a new version"
+        )
 
     def _drop_unreferenced(self, digests: set[str]) -> None:
-        # Under the write transaction: no publish can start referring to
-        # these between the check and the unlink.
+        # Caller holds the store exclusively: no publisher is between its
+        # ingest and its commit.
         store = self.image_store()
         for d in digests - images.referenced_blobs(self.db):
             store.remove(d)
@@ -218,7 +222,7 @@ class ImagesMixin:
         store = self.image_store()
         stale = store.clean_stale()
         removed, freed = [], 0
-        with write(self.db):
+        with store.collecting(), write(self.db):
             keep = images.referenced_blobs(self.db)
             for digest in list(store.all_blobs()):
                 if digest not in keep:

@@ -13,6 +13,7 @@ is invisible and `gc` removes it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -120,6 +121,29 @@ class Store:
                     yield entry.name
 
     # --- writing ---
+
+    @contextlib.contextmanager
+    def publishing(self) -> Iterator[None]:
+        """Held (shared) from a publisher's first ingest to its commit, so
+        that gc, which takes it exclusively, never deletes a blob that is
+        about to be referenced."""
+        self.ensure()
+        with open(self.root / ".publish.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_SH)
+            yield
+
+    @contextlib.contextmanager
+    def collecting(self, *, wait: bool = True) -> Iterator[bool]:
+        """Exclusive against publishers; yields False if `wait` is off and a
+        publisher holds the lock."""
+        self.ensure()
+        with open(self.root / ".publish.lock", "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            yield True
 
     def staging(self) -> Staging:
         self.ensure()

@@ -131,3 +131,36 @@ def test_verify_catches_a_flipped_bit_and_a_missing_blob(svc):
     svc.image_store().path(p.manifest.artifact("kernel").sha256).unlink()
     assert {p.artifact for p in svc.verify_image("tiny@1.0.0")[1]} == {"kernel", "rootfs.squashfs"}
     assert any(e.kind == "image.corrupt" for e in svc.events())
+
+
+def test_gc_waits_for_a_publisher_between_ingest_and_commit(svc, monkeypatch):
+    """A blob ingested but not yet referenced must survive a concurrent gc."""
+    import threading
+
+    from provisioner.images.store import Store
+
+    ingested, release = threading.Event(), threading.Event()
+    real_add_bytes = Store.add_bytes
+
+    def slow_add_bytes(self, *args, **kw):
+        # The artifacts are in blobs/ now; nothing refers to them yet and no
+        # database transaction is open.
+        ingested.set()
+        assert release.wait(10)
+        return real_add_bytes(self, *args, **kw)
+
+    monkeypatch.setattr(Store, "add_bytes", slow_add_bytes)
+    worker_svc = Service(svc.settings, open_db(svc.settings.db_path))
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("p", publish(worker_svc)))
+    t.start()
+    assert ingested.wait(10)
+    gc_done = threading.Event()
+    g = threading.Thread(target=lambda: (svc.gc_images(), gc_done.set()))
+    g.start()
+    assert not gc_done.wait(0.5), "gc ran while a publish was between ingest and commit"
+    release.set()
+    t.join(10)
+    g.join(10)
+    assert gc_done.is_set() and result["p"].new
+    assert svc.verify_image("tiny@1.0.0")[1] == []
