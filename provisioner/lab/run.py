@@ -1,7 +1,9 @@
 """`provisioner lab`: the main job. In a fresh lab namespace the appliance
 serves full DHCP on the lab bridge; one SeaBIOS machine with two disks
 PXE-boots, runs the discovery agent and powers off; the job succeeds when
-`host list` shows its MAC as `discovered`, and prints `host show`.
+`host list` shows its MAC as `discovered`, and prints `host show`. Then
+images/tiny is built into the appliance's store, promoted to tiny@stable,
+given to the host, and fetched by digest from inside the namespace.
 
 Layout of workdir (kept between runs so the agent is built only once):
   build.toml, build/   settings and Debian package cache for `agent build`
@@ -14,6 +16,7 @@ Layout of workdir (kept between runs so the agent is built only once):
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -109,6 +112,59 @@ def ensure_agent(workdir: Path, log: Log) -> Path:
     if still:
         raise LabError(f"provisioner agent build finished but {', '.join(still)} are missing in {agent_dir}")
     return agent_dir
+
+
+TINY = Path(__file__).resolve().parents[2] / "images" / "tiny"
+
+
+def publish_tiny(workdir: Path, config: LabConfig, lab: LabNetwork, appliance: Appliance, mac: str,
+                 log: Log) -> None:
+    """Build images/tiny into the lab's store, promote it to tiny@stable, give
+    it to the discovered host, and fetch its root by digest from the
+    appliance inside the namespace, checking the sha256 of what came back."""
+    from provisioner.images.definition import load_definition
+
+    if not TINY.is_dir():
+        log(f"lab: {TINY} is not here (not run from a checkout); skipping the image step")
+        return
+    ref = load_definition(TINY).ref
+    cache = config.state_dir / "cache"
+    if not cache.exists():
+        (workdir / "build" / "cache").mkdir(parents=True, exist_ok=True)
+        cache.symlink_to(workdir / "build" / "cache")  # the agent build's package cache
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "provisioner", "image", "build", str(TINY), "--config", str(config.path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+    )
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            if not line.startswith("    unpacking") and not line.startswith("  "):
+                log(f"image build: {line.rstrip()}")
+        code = proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if code != 0:
+        raise LabError(f"provisioner image build {TINY} failed with exit status {code}")
+    log(f"lab: {ref} built and published in {time.monotonic() - started:.0f}s")
+    for args in (["image", "promote", ref, "stable", "--by", "lab"], ["host", "set", mac, "--image", "tiny@stable"]):
+        done = cli(args, config)
+        if done.returncode != 0:
+            raise LabError(f"provisioner {' '.join(args)} failed: {done.stderr.strip()[-300:]}")
+        log(f"lab: {done.stdout.strip()}")
+    shown = cli(["image", "show", "tiny@stable", "--json"], config)
+    if shown.returncode != 0:
+        raise LabError(f"image show failed: {shown.stderr.strip()[-300:]}")
+    rootfs = json.loads(shown.stdout)["artifacts"]["rootfs.squashfs"]["sha256"]
+    url = f"{appliance.url}/artifacts/sha256/{rootfs}"
+    got = lab.run(["sh", "-c", f"curl -sf --max-time 60 {url} | sha256sum"], timeout=90, check=False)
+    if got.stdout.split()[:1] != [rootfs]:
+        raise LabError(f"GET {url} from the lab did not return the blob (sha256 {got.stdout.strip()!r})")
+    log(f"lab: GET {url} from inside the lab: sha256 matches")
+    log(cli(["image", "list"], config).stdout.rstrip())
 
 
 def _fresh_state(workdir: Path) -> Path:
@@ -232,6 +288,7 @@ def run_lab(workdir: Path, log: Log = print, keep: bool = False) -> int:
         log(shown.stdout.rstrip() or shown.stderr.rstrip())
         if shown.returncode != 0:
             raise LabError(f"host show failed with exit status {shown.returncode}")
+        publish_tiny(workdir, config, lab, appliance, machine.spec.mac, log)
         if keep:
             _wait_for_interrupt(log, lab)
         log("lab: OK")
