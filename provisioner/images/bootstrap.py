@@ -156,6 +156,7 @@ def mmdebstrap_command(
     mirror: str,
     components: Sequence[str],
     cache_dir: Path | None,
+    sources: Sequence[str] = (),
 ) -> list[str]:
     bad = [p for p in packages if not _PACKAGE.fullmatch(p)]
     if bad:
@@ -175,7 +176,9 @@ def mmdebstrap_command(
         '--customize-hook=rm -f "$1/etc/hostname"; '
         '[ -L "$1/etc/resolv.conf" ] || rm -f "$1/etc/resolv.conf"'
     )
-    cmd += [suite, str(dest), mirror]
+    # Further one-line sources (bookworm-updates, -security) go after the
+    # main mirror; mmdebstrap writes them all into the root's sources.list.
+    cmd += [suite, str(dest), mirror, *sources]
     return cmd
 
 
@@ -191,6 +194,7 @@ def bootstrap(
     cache_dir: Path | None = None,
     log: Log = print,
     etc_apt: Path = ETC_APT,
+    sources: Sequence[str] = (),
 ) -> None:
     """Install a Debian root into `dest` (empty or absent) with mmdebstrap.
 
@@ -214,6 +218,7 @@ def bootstrap(
         mirror=mirror or host_mirror(suite, etc_apt),
         components=components,
         cache_dir=cache_dir,
+        sources=sources,
     )
     # Maintainer scripts inherit this environment: a fixed locale, zone and
     # umask keep what they write independent of the build host's settings.

@@ -114,8 +114,8 @@ def _base(defn: Definition, service: "Service", root: Path, work: Path, cache_di
         from provisioner.images.bootstrap import bootstrap
 
         bootstrap(root, suite=defn.suite, packages=[*defn.install, defn.kernel], variant=defn.variant,
-                  mirror=defn.mirror, components=list(defn.components), sde=sde, cache_dir=cache_dir,
-                  log=progress.detail)
+                  mirror=defn.mirror, components=list(defn.components), sde=sde, cache_dir=cache_dir / "debs",
+                  log=progress.detail, sources=defn.sources)
         return packages, root, base_artifacts
 
     if defn.method == "image":

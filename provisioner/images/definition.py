@@ -24,7 +24,8 @@ from provisioner.errors import InvalidInput
 METHODS = ("unpack", "mmdebstrap")
 _SCHEMA: dict[str, Any] = {
     "name": str, "version": str, "description": str, "source_date_epoch": int,
-    "base": {"method": str, "suite": str, "variant": str, "mirror": str, "components": list, "image": str},
+    "base": {"method": str, "suite": str, "variant": str, "mirror": str, "components": list, "sources": list,
+             "image": str},
     "packages": {"kernel": str, "install": list},
     "build": {"commands": list, "modules": list},
 }
@@ -46,6 +47,7 @@ class Definition:
     variant: str
     mirror: str | None
     components: tuple[str, ...]
+    sources: tuple[str, ...]  # extra one-line apt sources (updates, security)
     base_image: str | None  # NAME@VERSION when method == "image"
     kernel: str | None  # a package; None: the base image's kernel
     install: tuple[str, ...]
@@ -129,6 +131,11 @@ def load_definition(directory: Path) -> Definition:
         method = base.get("method", "mmdebstrap")
         if method not in METHODS:
             raise _fail(toml, "base.method", f"{method!r}: expected one of {', '.join(METHODS)}, or set base.image")
+    for line in base.get("sources", []):
+        if not line.startswith("deb ") or len(line.split()) < 3 or "\n" in line:
+            raise _fail(toml, "base.sources", f"{line!r}: expected one-line sources like 'deb URL SUITE main'")
+    if base.get("sources") and method != "mmdebstrap":
+        raise _fail(toml, "base.sources", "only for method = \"mmdebstrap\"")
     kernel = packages.get("kernel")
     if kernel is None and method != "image":
         raise _fail(toml, "packages.kernel", "missing: every image needs a kernel (e.g. linux-image-amd64)")
@@ -145,6 +152,7 @@ def load_definition(directory: Path) -> Definition:
         variant=base.get("variant", "apt"),
         mirror=base.get("mirror") or None,
         components=tuple(base.get("components", ["main"])),
+        sources=tuple(base.get("sources", [])),
         base_image=base_image,
         kernel=kernel,
         install=tuple(packages.get("install", [])),

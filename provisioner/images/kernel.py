@@ -18,6 +18,10 @@ from provisioner.agent import cpio, kmods
 from provisioner.errors import InvalidInput
 
 _VMLINUZ = re.compile(r"^vmlinuz-(.+)$")
+# What the agent needs under an image's kernel to lay that image down and
+# start it: mount the squashfs (from a file or a partition), put the config
+# layer over it, and make or check data filesystems.
+DEPLOY_MODULES = ("squashfs", "overlay", "loop", "ext4")
 
 
 class KernelError(InvalidInput):
@@ -96,7 +100,7 @@ def write_modules_cpio(root: Path, kver: str, dest: Path, work: Path, *, mtime: 
         return ()
     src_root = found.parent.parent.parent  # .../lib/modules/KVER -> ...
     mod_root = work / "modules"
-    chosen = kmods.build_module_tree(src_root, kver, kmods.EARLY_MODULES + tuple(extra), mod_root)
+    chosen = kmods.build_module_tree(src_root, kver, kmods.EARLY_MODULES + DEPLOY_MODULES + tuple(extra), mod_root)
     missing = [m for m in extra if m.replace("-", "_") in chosen.absent]
     if missing:
         raise KernelError(f"build.modules: not in kernel {kver}: {', '.join(missing)}")

@@ -110,6 +110,8 @@ def test_definition_loads(tmp_path):
     ('name = "t"\nversion = "1"\n[base]\nimage = "tiny@stable"\n', "is a channel"),
     ('name = "t"\nversion = "1"\n[base]\nmethod = "unpack"\n', "packages.kernel: missing"),
     ("name = [", "not valid TOML"),
+    (GOOD.replace('method = "unpack"', 'method = "unpack"\nsources = ["deb http://x bookworm main"]'), "only for method"),
+    (GOOD.replace('method = "unpack"', 'method = "mmdebstrap"\nsources = ["http://x bookworm"]'), "base.sources"),
 ])
 def test_definition_errors_name_the_key(tmp_path, text, why):
     d = write_def(tmp_path / "x", text)
