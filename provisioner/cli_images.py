@@ -61,7 +61,8 @@ def cmd_image_import(args) -> int:
     svc = _svc(args)
     progress = Progress(len(STEPS), prefix="image: ")
     result = import_image(Path(args.path), svc, name=args.name, version=args.version,
-                          kernel=Path(args.kernel) if args.kernel else None, progress=progress, actor=_who(args))
+                          kernel=Path(args.kernel) if args.kernel else None,
+                          modules=Path(args.modules) if args.modules else None, progress=progress, actor=_who(args))
     progress.done(f"imported {result.image.name}@{result.image.version}")
     return _published(args, result)
 
@@ -74,7 +75,7 @@ def cmd_image_list(args) -> int:
         _json({"images": rows})
         return 0
     _table(
-        [[f"{r['name']}@{r['version']}", r["digest"][:19], _size(r["size"]), r["source"], _when(r["created"]),
+        [[f"{r['name']}@{r['version']}", r["digest"][:19], _size(r["size"]), r["source"], r["created"].replace("T", " "),
           ",".join(r["channels"]) or "-"] for r in rows],
         ["IMAGE", "DIGEST", "SIZE", "SOURCE", "CREATED", "CHANNELS"],
     )
@@ -185,6 +186,8 @@ def add_commands(sub, common, host_sub) -> None:
     i.add_argument("--name", required=True)
     i.add_argument("--version", required=True)
     i.add_argument("--kernel", metavar="PATH", help="the kernel to boot it with, if the image has none")
+    i.add_argument("--modules", metavar="DIR",
+                   help="that kernel's lib/modules/VERSION, if neither the image nor the kernel's tree has it")
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
     i.add_argument("--by", **by)
     i.set_defaults(func=cmd_image_import)

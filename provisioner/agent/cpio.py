@@ -99,8 +99,10 @@ def compressor() -> str:
 def compress(raw: Path, dest: Path, method: str) -> None:
     if method == "zstd":
         # -T1: single-threaded keeps the output reproducible and the build
-        # polite on a small shared machine.
-        subprocess.run(["zstd", "-q", "-19", "-T1", "-f", "-o", str(dest), str(raw)], check=True)
+        # polite on a small shared machine. Level 12, not 19: on a 31 MB
+        # modules archive 2 s instead of 19 s, for 7.0 MB instead of 6.3 MB,
+        # which every image build and import with modules pays.
+        subprocess.run(["zstd", "-q", "-12", "-T1", "-f", "-o", str(dest), str(raw)], check=True)
     elif method == "gzip":
         with raw.open("rb") as src, dest.open("wb") as f:
             # mtime=0 and no file name in the header: reproducible output.

@@ -24,7 +24,8 @@ class ImageRow:
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name, "version": self.version, "digest": f"sha256:{self.digest}",
-            "created": self.created, "published": self.published, "actor": self.actor,
+            # As in the manifest; `published` is an event time, a number like every other.
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.created)), "published": self.published, "actor": self.actor,
             "source": self.source, "size": self.size,
         }
 

@@ -29,8 +29,10 @@ class KernelError(InvalidInput):
 
 
 def bzimage_version(path: Path) -> str | None:
-    """The version string an x86 bzImage carries in its setup header
-    (boot protocol 2.00+: a pointer at 0x20E, relative to 0x200)."""
+    """The version of a Linux bzImage, from the banner its setup header
+    points at (boot protocol 2.00+: a pointer at 0x20E, relative to 0x200):
+    "6.1.0-56-amd64 (debian-kernel@...) #1 SMP ...". Other bzImage-format
+    files (iPXE's .lkrn) carry no "#N" build number there and give None."""
     try:
         with open(path, "rb") as f:
             head = f.read(0x10000)
@@ -43,6 +45,8 @@ def bzimage_version(path: Path) -> str | None:
     if offset == 0 or start >= len(head):
         return None
     text = head[start:start + 256].split(b"\0", 1)[0].decode("ascii", "replace")
+    if not re.search(r" #\d+", text):
+        return None
     return text.split(" ", 1)[0] or None
 
 

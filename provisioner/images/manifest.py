@@ -52,7 +52,7 @@ class ImageManifest:
             "schema": SCHEMA,
             "name": self.name,
             "version": self.version,
-            "created": datetime.fromtimestamp(self.created, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "created": _iso(self.created),
             "description": self.description,
             "kernel_version": self.kernel_version,
             "artifacts": {a.name: {"size": a.size, "sha256": a.sha256} for a in self.artifacts},
@@ -93,6 +93,10 @@ class ImageManifest:
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InvalidInput(f"manifest is not valid: {type(exc).__name__}: {exc}") from None
+
+
+def _iso(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def canonical_json(doc: Any) -> bytes:

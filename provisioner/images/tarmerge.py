@@ -629,10 +629,16 @@ def merge(layers: list[Layer]) -> Merged:
 # -- reading the view ------------------------------------------------------
 
 
+MAX_TIME = (1 << 32) - 1
+
+
 def created(merged: Merged) -> int:
     """The newest time of any entry: a creation time for an imported image
     that comes from its contents, not from the clock."""
-    return max((m.mtime for m in merged.entries.values()), default=0)
+    # Clamped to what squashfs can record (unsigned 32-bit): a file dated
+    # after 2106 must not make the whole import fail.
+    # tar2sqfs takes the superblock time as a signed 32-bit number.
+    return max(0, min(max((m.mtime for m in merged.entries.values()), default=0), (1 << 31) - 1))
 
 
 def _data(merged: Merged, m: Member) -> Member:
@@ -658,7 +664,8 @@ def _tarinfo(m: Member, mtime: int | None) -> tarfile.TarInfo:
     info = tarfile.TarInfo(m.path or ".")
     info.type, info.mode, info.uid, info.gid = m.type, m.mode, m.uid, m.gid
     info.uname, info.gname, info.linkname = m.uname, m.gname, m.linkname
-    info.mtime = m.mtime if mtime is None else mtime
+    # squashfs keeps unsigned 32-bit times: earlier is 1970, later is 2106.
+    info.mtime = max(0, min(m.mtime if mtime is None else mtime, MAX_TIME))
     info.size = m.size if m.type == tarfile.REGTYPE else 0
     info.devmajor, info.devminor = m.devmajor, m.devminor
     info.pax_headers = dict(m.pax)

@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -170,7 +171,8 @@ def test_docker_export_without_a_kernel_is_refused_then_imported_with_one(tmp_pa
     assert manifest["source"]["sha256"] == hashlib.sha256(tarball.read_bytes()).hexdigest()
     assert manifest["packages"] == {"base-files": "12.4+deb12u8"}
     assert manifest["kernel_version"] == vmlinuz.name.removeprefix("vmlinuz-")
-    assert manifest["modules"] == []  # the export has no modules for that kernel
+    # The export has no modules; the kernel's own tree has them beside it.
+    assert "virtio_net" in manifest["modules"] and "squashfs" in manifest["modules"]
     svc = service(config)
     files = listing(svc, manifest)
     assert files["/usr/bin/passwd"].startswith("-rwsr-xr-x 0/0")
@@ -181,6 +183,64 @@ def test_docker_export_without_a_kernel_is_refused_then_imported_with_one(tmp_pa
     assert "ok" in cli(config, "image", "verify", "exported@1").stdout
     # The kernel artifact is the named file, byte for byte.
     assert manifest["artifacts"]["kernel"]["sha256"] == hashlib.sha256(vmlinuz.read_bytes()).hexdigest()
+
+
+def test_a_lone_kernel_needs_its_modules_named(tmp_path, kernel_tree, vmlinuz):
+    config = make_state(tmp_path)
+    tarball = docker_export(tmp_path / "export.tar")
+    alone = tmp_path / "k" / vmlinuz.name
+    alone.parent.mkdir()
+    shutil.copyfile(vmlinuz, alone)
+    proc = cli(config, "image", "import", str(tarball), "--name", "e", "--version", "1", "--kernel", str(alone),
+               check=False)
+    assert proc.returncode == 1 and "no modules for kernel" in proc.stderr and "--modules DIR" in proc.stderr
+    assert "[2/4] rootfs" not in proc.stderr  # refused before packing
+    kver = vmlinuz.name.removeprefix("vmlinuz-")
+    manifest = json.loads(cli(config, "image", "import", str(tarball), "--name", "e", "--version", "1",
+                              "--kernel", str(alone), "--modules", str(kernel_tree / "lib/modules" / kver),
+                              "--json").stdout)
+    assert "nvme" in manifest["modules"]
+    # Importing the same source with the same kernel again is a no-op, found
+    # before any packing.
+    again = cli(config, "image", "import", str(tarball), "--name", "e", "--version", "1", "--kernel", str(alone),
+                "--modules", str(kernel_tree / "lib/modules" / kver))
+    assert "already published with the same content" in again.stdout and "[2/4]" not in again.stderr
+
+
+def test_not_a_root_filesystem_is_refused(tmp_path, vmlinuz):
+    config = make_state(tmp_path)
+    wrapped = tmp_path / "wrapped.tar"
+    with tarfile.open(wrapped, "w") as tar:
+        add(tar, "rootfs", kind=tarfile.DIRTYPE, mode=0o755)
+        add(tar, "rootfs/etc", kind=tarfile.DIRTYPE, mode=0o755)
+        add(tar, "rootfs/etc/hostname", b"x\n")
+    proc = cli(config, "image", "import", str(wrapped), "--name", "w", "--version", "1", "--kernel", str(vmlinuz),
+               check=False)
+    assert proc.returncode == 1
+    assert "does not look like a root filesystem (top level: rootfs)" in proc.stderr
+    assert "tar -C rootfs -c ." in proc.stderr
+    layout = tmp_path / "layout"
+    layout.mkdir()
+    (layout / "oci-layout").write_text("{}")
+    proc = cli(config, "image", "import", str(layout), "--name", "w", "--version", "1", "--kernel", str(vmlinuz),
+               check=False)
+    assert proc.returncode == 1 and "OCI layout" in proc.stderr
+    proc = cli(config, "image", "import", str(wrapped), "--name", "w", "--version", "1",
+               "--kernel", "/usr/lib/ipxe/ipxe.lkrn", check=False)
+    assert proc.returncode == 1 and "not an x86 Linux kernel" in proc.stderr
+
+
+def test_a_file_dated_after_2106_is_imported(tmp_path, vmlinuz):
+    config = make_state(tmp_path)
+    tarball = tmp_path / "future.tar"
+    with tarfile.open(tarball, "w", format=tarfile.PAX_FORMAT) as tar:
+        add(tar, "etc", kind=tarfile.DIRTYPE, mode=0o755)
+        add(tar, "etc/future", b"x", mtime=7258118400)  # 2200-01-01
+    manifest = json.loads(cli(config, "image", "import", str(tarball), "--name", "f", "--version", "1",
+                              "--kernel", str(vmlinuz), "--json").stdout)
+    assert manifest["created"] == "2038-01-19T03:14:07Z"  # the latest time tar2sqfs accepts for the image
+    svc = service(config)
+    assert "etc/future" in " ".join(listing(svc, manifest))
 
 
 def test_rootfs_with_its_own_kernel_gets_its_modules(tmp_path, kernel_tree):
@@ -279,6 +339,7 @@ def test_sigkill_in_the_middle_of_an_import_leaves_the_store_consistent(tmp_path
         "--kernel", str(vmlinuz))
     big = tmp_path / "big.tar"
     with tarfile.open(big, "w") as tar:
+        add(tar, "etc", kind=tarfile.DIRTYPE, mode=0o755)
         for i in range(6):
             add(tar, f"data/blob-{i}", os.urandom(40 << 20))
     svc = service(config)
@@ -337,6 +398,7 @@ def served(tmp_path, vmlinuz):
     config = make_state(tmp_path)
     root = tmp_path / "root"
     (root / "data").mkdir(parents=True)
+    (root / "etc").mkdir()
     for i in range(3):
         (root / f"data/r{i}").write_bytes(os.urandom(3 << 20))  # incompressible: a multi-MB squashfs
     manifest = json.loads(cli(config, "image", "import", str(root), "--name", "served", "--version", "1",
