@@ -154,9 +154,19 @@ class ImagesMixin:
             if alone:
                 self._drop_unreferenced({b.sha256 for b in blobs.values()} | {mblob.sha256})
         raise Conflict(
-            f"{ref} is published already as sha256:{row.digest}; this content is sha256:{mblob.sha256}."
-            " Published versions never change: use a new version"
+            f"{ref} is published already as sha256:{row.digest}; this content is sha256:{mblob.sha256}"
+            f"{self._differences(row, manifest)}. Published versions never change: use a new version"
         )
+
+    def _differences(self, row: images.ImageRow, manifest: ImageManifest) -> str:
+        try:
+            old = self.image_manifest(row)
+        except (NotFound, InvalidInput):
+            return ""
+        changed = [a.name for a in manifest.artifacts if old.artifact(a.name).sha256 != a.sha256]
+        changed += [f for f in ("kernel_version", "packages", "source", "created")
+                    if getattr(old, f) != getattr(manifest, f)]
+        return f" ({', '.join(changed)} differ)" if changed else ""
 
     def _drop_unreferenced(self, digests: set[str]) -> None:
         # Caller holds the store exclusively: no publisher is between its

@@ -49,6 +49,7 @@ def test_same_content_again_is_a_no_op_other_content_refused_with_both_digests(s
         publish(svc, content=b"changed")
     msg = exc.value.message
     assert first.image.digest in msg and "sha256:" in msg.split(first.image.digest)[1]
+    assert "(rootfs.squashfs differ)" in msg
     # The refused content left no blob behind.
     store = svc.image_store()
     referenced = {r[0] for r in svc.db.execute("select digest from image_blobs")}
