@@ -24,7 +24,8 @@ same page cache. Both listen on free ports of 127.0.0.1 only.
    repeated `--repeat` times, the servers taking turns (ours first on even
    repeats, nginx first on odd ones), and the median aggregate is kept.
 3. Range at the end of the file: `bytes=-1048576` (the last MiB) and
-   `bytes=<size-4096>-` (the last 4 KiB), `--range-reps` times each, on a new
+   `bytes=<size-4096>-` (the last 4 KiB), `--range-reps` times each, and
+   `bytes=-268435456` (the last 256 MiB) a 25th as often, on a new
    connection per request and on one kept-alive connection, alternating
    servers request by request; p50/p99 of connect-to-last-byte (a Python
    http.client client, one request at a time; every body is checked against
@@ -64,6 +65,7 @@ HOST = "127.0.0.1"  # the only address this script ever uses
 CLIENT_MAX_TIME = 300  # seconds; bounds every curl transfer, hence every run
 TAIL_MIB = 1 << 20
 TAIL_SMALL = 4096
+TAIL_BIG = 256 << 20
 
 
 # --- helper role ---------------------------------------------------------------
@@ -424,13 +426,20 @@ class RangeClient:
 
 def ranges(servers: list[Server], art: Artifact, reps: int) -> list[RangeResult]:
     small = min(TAIL_SMALL, art.size)
+    big = min(TAIL_BIG, art.size)
+    with open(art.blob, "rb") as f:
+        f.seek(art.size - big)
+        big_tail = f.read()
+    # A large tail shows the sending rate from the end of the file, where
+    # the small ones show the fixed cost per request; far fewer repetitions.
     cases = [
-        (f"last {len(art.tail) >> 10} KiB", f"bytes=-{TAIL_MIB}", art.tail),
-        (f"last {small >> 10} KiB", f"bytes={art.size - small}-", art.tail[-small:]),
+        (f"last {len(art.tail) >> 10} KiB", f"bytes=-{TAIL_MIB}", art.tail, reps),
+        (f"last {small >> 10} KiB", f"bytes={art.size - small}-", art.tail[-small:], reps),
+        (f"last {big >> 20} MiB", f"bytes=-{big}", big_tail, max(5, reps // 25)),
     ]
     results = []
     for keepalive in (False, True):
-        for label, header, expect in cases:
+        for label, header, expect, reps in cases:
             want_cr = f"bytes {art.size - len(expect)}-{art.size - 1}/{art.size}"
             res = RangeResult(label, header, keepalive, {s.name: [] for s in servers},
                               {s.name: 0 for s in servers})
@@ -571,7 +580,8 @@ def bench(args: argparse.Namespace) -> int:
           f"median of {args.repeat}")
     print(throughput_table(rows))
     print()
-    print(f"Range at the end of the file, {args.range_reps} requests each, connect to last byte")
+    print(f"Range at the end of the file, {args.range_reps} requests each ({max(5, args.range_reps // 25)} for the"
+          f" last {TAIL_BIG >> 20} MiB), connect to last byte")
     print(range_table(range_results, ("provisioner", "nginx")))
     print(f"\n(whole run {time.monotonic() - started:.0f} s; load average {load_start:.2f} when it started)")
     if args.json:
