@@ -121,3 +121,39 @@ def load_state(config):
     from provisioner.settings import load
 
     return load(config).state_dir
+
+
+def test_sigkill_in_the_middle_of_a_build_leaves_nothing_visible(tmp_path):
+    import signal
+    import sys
+    import time
+
+    from images_helpers import ROOT
+
+    config = make_state(tmp_path)
+    svc = service(config)
+    staging = svc.image_store().tmp
+    proc = subprocess.Popen([sys.executable, "-m", "provisioner", "image", "build", str(TINY), "--config",
+                             str(config)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    try:
+        # Killed once the kernel step is under way: the root is laid out and
+        # modules are being packed.
+        while time.monotonic() < deadline and proc.poll() is None:
+            if staging.exists() and any(staging.glob("*/work/modules")):
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the build ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)  # the build we started, by its PID
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert json.loads(cli(config, "image", "list", "--json").stdout)["images"] == []
+    assert list(staging.iterdir()), "the killed build's staging should still be there"
+    # The next build removes it and succeeds; nothing is left to clean.
+    cli(config, "image", "build", str(TINY))
+    assert list(staging.iterdir()) == []
+    cli(config, "image", "gc")
+    referenced = {r[0] for r in svc.db.execute("select digest from image_blobs")}
+    assert set(svc.image_store().all_blobs()) == referenced
