@@ -13,13 +13,12 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from provisioner.errors import ProvisionerError
+from provisioner.images.process import stream
 
 Log = Callable[[str], None]
 
@@ -228,30 +227,7 @@ def bootstrap(
     # hook and then initramfs-tools' trigger each build one nobody boots:
     # two thirds of a debian-12 bootstrap's time.
     env["INITRD"] = "No"
-    _stream(cmd, env, log, what=f"mmdebstrap {suite}")
-
-
-def _stream(cmd: list[str], env: dict[str, str], log: Log, *, what: str) -> None:
-    tail: deque[str] = deque(maxlen=40)
-    proc = subprocess.Popen(
-        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, errors="replace", env=env, umask=0o022,
-    )
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip()
-            tail.append(line)
-            log(line)
-        rc = proc.wait()
-    finally:
-        if proc.poll() is None:  # our caller gave up (an exception in log, ^C)
-            proc.terminate()
-            proc.wait()
-    if rc != 0:
-        errors = [line for line in tail if line.startswith("E:")]
-        reason = (errors or [line for line in tail if line.strip()] or ["no output"])[-1]
-        raise BootstrapError(f"{what} failed with status {rc}: {reason}")
+    stream(cmd, env=env, log=log, what=f"mmdebstrap {suite}", error=BootstrapError)
 
 
 # --- what an image must not carry ---------------------------------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +20,7 @@ from provisioner.images import kernel as kernels
 from provisioner.images import squashfs
 from provisioner.images.definition import Definition, load_definition, source_date_epoch
 from provisioner.images.manifest import ImageManifest
+from provisioner.images.process import stream
 from provisioner.images.progress import Progress
 
 if TYPE_CHECKING:
@@ -71,7 +71,8 @@ def build_image(directory: Path, service: "Service", *, cache_dir: Path, progres
         progress.step("hooks")
         for hook in defn.hooks:
             progress.detail(hook.name)
-            _run([str(hook)], {**env, "ROOT": str(root)}, progress, what=f"hook {hook.name}", cwd=defn.path)
+            stream([str(hook)], env={**env, "ROOT": str(root)}, log=progress.detail, what=f"hook {hook.name}",
+                   error=BuildError, cwd=defn.path)
 
         progress.step("cleanup")
         if defn.method == "mmdebstrap" or (root / "var/lib/dpkg/status").exists():
@@ -82,9 +83,6 @@ def build_image(directory: Path, service: "Service", *, cache_dir: Path, progres
 
         progress.step("kernel")
         kver, modules = _kernel(defn, root, kernel_src, base_artifacts, out, work, sde, progress)
-        for p in (root / "boot").glob("initrd.img*") if (root / "boot").is_dir() else ():
-            # The agent and modules.cpio replace a distribution initramfs.
-            p.unlink()
 
         progress.step("rootfs")
         squashfs.from_tree(root, out / "rootfs.squashfs", mtime=sde)
@@ -220,21 +218,9 @@ def _in_chroot(root: Path, command: str, env: dict[str, str], progress: Progress
         raise BuildError(f"build.commands: the root has no /bin/sh to run {command!r} with")
     for d in ("proc", "sys", "dev"):
         (root / d).mkdir(exist_ok=True)
-    _run(["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", _CHROOT],
-         {**env, "ROOT": str(root), "COMMAND": command}, progress, what=f"command {command!r}")
-
-
-def _run(cmd: list[str], env: dict[str, str], progress: Progress, *, what: str, cwd: Path | None = None) -> None:
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            errors="replace")
-    tail: list[str] = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        progress.detail(line)
-        tail = (tail + [line.strip()])[-5:]
-    if proc.wait() != 0:
-        last = " | ".join(t for t in tail if t)
-        raise BuildError(f"{what} failed with status {proc.returncode}" + (f": {last}" if last else ""))
+    stream(["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", _CHROOT],
+           env={**env, "ROOT": str(root), "COMMAND": command}, log=progress.detail, what=f"command {command!r}",
+           error=BuildError)
 
 
 def _kernel(defn: Definition, root: Path, kernel_src: Path | None, base_artifacts: dict[str, Path], out: Path,

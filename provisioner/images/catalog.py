@@ -18,7 +18,7 @@ from sqlite_utils import Database
 from provisioner.core.imageref import ImageRef, check_label, parse_ref
 from provisioner.db import events, hosts, images, write
 from provisioner.errors import Conflict, InvalidInput, NotFound
-from provisioner.images.manifest import ARTIFACTS, ArtifactInfo, ImageManifest, parse_manifest
+from provisioner.images.manifest import ARTIFACTS, Artifact, ImageManifest, parse_manifest
 from provisioner.images.store import Blob, Staging, Store
 
 MANIFEST = "manifest.json"
@@ -126,7 +126,7 @@ class ImagesMixin:
         with store.publishing():
             blobs: dict[str, Blob] = {name: store.ingest(files[name]) for name in ARTIFACTS}
             manifest = dataclasses.replace(
-                manifest, artifacts=tuple(ArtifactInfo(n, blobs[n].size, blobs[n].sha256) for n in ARTIFACTS)
+                manifest, artifacts=tuple(Artifact(n, blobs[n].size, blobs[n].sha256) for n in ARTIFACTS)
             )
             mblob = store.add_bytes(manifest.canonical(), staging)
             with write(self.db):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
+from provisioner.agent.builder import Artifact
 from provisioner.core.imageref import HEX, check_image_name, check_version
 from provisioner.errors import InvalidInput
 
@@ -21,18 +22,11 @@ ARTIFACTS = ("kernel", "rootfs.squashfs", "modules.cpio")
 
 
 @dataclass(frozen=True)
-class ArtifactInfo:
-    name: str
-    size: int
-    sha256: str
-
-
-@dataclass(frozen=True)
 class ImageManifest:
     name: str
     version: str
     created: int  # epoch seconds, from SOURCE_DATE_EPOCH
-    artifacts: tuple[ArtifactInfo, ...]
+    artifacts: tuple[Artifact, ...]
     kernel_version: str
     packages: tuple[tuple[str, str], ...] = ()  # (package, version), sorted
     modules: tuple[str, ...] = ()  # what modules.cpio carries
@@ -41,7 +35,7 @@ class ImageManifest:
     source: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
 
-    def artifact(self, name: str) -> ArtifactInfo:
+    def artifact(self, name: str) -> Artifact:
         for a in self.artifacts:
             if a.name == name:
                 return a
@@ -79,7 +73,7 @@ class ImageManifest:
                 a = doc["artifacts"][name]
                 if not isinstance(a["size"], int) or not HEX.match(str(a["sha256"])):
                     raise InvalidInput(f"manifest artifact {name}: bad size or sha256")
-                artifacts.append(ArtifactInfo(name, a["size"], a["sha256"]))
+                artifacts.append(Artifact(name, a["size"], a["sha256"]))
             return cls(
                 name=check_image_name(doc["name"]),
                 version=check_version(doc["version"]),

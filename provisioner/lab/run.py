@@ -84,30 +84,34 @@ def preflight() -> str | None:
     return None
 
 
-def ensure_agent(workdir: Path, log: Log) -> Path:
-    """Build the agent into workdir/agent with `provisioner agent build`,
-    which returns at once when the build there is of the same inputs."""
-    agent_dir = workdir / "agent"
-    build = write_config(workdir / "build.toml", state_dir=workdir / "build", agent_dir=agent_dir)
-    log(f"agent: building into {agent_dir} if its inputs changed (the first build takes a minute or two)")
+def _run_logged(args: list[str], log: Log, what: str, keep: Callable[[str], bool] = lambda _line: True) -> None:
+    """`provisioner ARGS` with its output logged line by line as it comes;
+    LabError if it fails."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "provisioner", "agent", "build", "--config", str(build.path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
+        [sys.executable, "-m", "provisioner", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
     )
     assert proc.stdout is not None
     try:
         for line in proc.stdout:
-            log(f"agent build: {line.rstrip()}")
+            if keep(line):
+                log(f"{what}: {line.rstrip()}")
         code = proc.wait()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     if code != 0:
-        raise LabError(f"provisioner agent build failed with exit status {code}")
+        raise LabError(f"provisioner {what} failed with exit status {code}")
+
+
+def ensure_agent(workdir: Path, log: Log) -> Path:
+    """Build the agent into workdir/agent with `provisioner agent build`,
+    which returns at once when the build there is of the same inputs."""
+    agent_dir = workdir / "agent"
+    build = write_config(workdir / "build.toml", state_dir=workdir / "build", agent_dir=agent_dir)
+    log(f"agent: building into {agent_dir} if its inputs changed (the first build takes a minute or two)")
+    _run_logged(["agent", "build", "--config", str(build.path)], log, "agent build")
     still = agent_missing(build)
     if still:
         raise LabError(f"provisioner agent build finished but {', '.join(still)} are missing in {agent_dir}")
@@ -133,22 +137,9 @@ def publish_tiny(workdir: Path, config: LabConfig, lab: LabNetwork, appliance: A
         (workdir / "build" / "cache").mkdir(parents=True, exist_ok=True)
         cache.symlink_to(workdir / "build" / "cache")  # the agent build's package cache
     started = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "provisioner", "image", "build", str(TINY), "--config", str(config.path)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-    )
-    assert proc.stdout is not None
-    try:
-        for line in proc.stdout:
-            if not line.startswith("    unpacking") and not line.startswith("  "):
-                log(f"image build: {line.rstrip()}")
-        code = proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    if code != 0:
-        raise LabError(f"provisioner image build {TINY} failed with exit status {code}")
+    # Step headers only: the build's indented detail lines would bury the lab's own.
+    _run_logged(["image", "build", str(TINY), "--config", str(config.path)], log, "image build",
+                keep=lambda line: not line.startswith(" "))
     log(f"lab: {ref} built and published in {time.monotonic() - started:.0f}s")
     for args in (["image", "promote", ref, "stable", "--by", "lab"], ["host", "set", mac, "--image", "tiny@stable"]):
         done = cli(args, config)

@@ -3,9 +3,13 @@ the package cache, and a service on it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,3 +63,25 @@ def flip_bit(path: Path, offset: int, mask: int = 0x01) -> None:
         byte = f.read(1)
         f.seek(offset)
         f.write(bytes([byte[0] ^ mask]))
+
+
+@contextlib.contextmanager
+def serving(settings) -> Iterator[int]:
+    """The appliance's HTTP server (app, waitress, sendfile) on a free
+    loopback port, for as long as the block runs; yields the port."""
+    from provisioner.web.app import create_app
+    from provisioner.web.server import close_server, make_server, run_until_closed
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = make_server(create_app(settings), "127.0.0.1", port, threads=4)
+    closing = threading.Event()
+    thread = threading.Thread(target=run_until_closed, args=(srv, closing), daemon=True)
+    thread.start()
+    try:
+        yield port
+    finally:
+        closing.set()
+        close_server(srv)
+        thread.join(5)

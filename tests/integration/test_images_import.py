@@ -12,17 +12,15 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from images_helpers import ROOT, cli, flip_bit, make_state, package_cache, service
+from images_helpers import ROOT, cli, flip_bit, make_state, package_cache, service, serving
 from provisioner.agent.debs import DebCache, unpack
 
 pytestmark = pytest.mark.timeout(600)
@@ -384,17 +382,8 @@ def test_sigkill_in_the_middle_of_an_import_leaves_the_store_consistent(tmp_path
 # --- serving by digest ---
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def served(tmp_path, vmlinuz):
-    from provisioner.web.app import create_app
-    from provisioner.web.server import close_server, make_server, run_until_closed
-
     config = make_state(tmp_path)
     root = tmp_path / "root"
     (root / "data").mkdir(parents=True)
@@ -404,17 +393,8 @@ def served(tmp_path, vmlinuz):
     manifest = json.loads(cli(config, "image", "import", str(root), "--name", "served", "--version", "1",
                               "--kernel", str(vmlinuz), "--json").stdout)
     svc = service(config)
-    port = free_port()
-    srv = make_server(create_app(svc.settings), "127.0.0.1", port, threads=4)
-    closing = threading.Event()
-    thread = threading.Thread(target=run_until_closed, args=(srv, closing), daemon=True)
-    thread.start()
-    try:
+    with serving(svc.settings) as port:
         yield f"http://127.0.0.1:{port}", svc, manifest, config
-    finally:
-        closing.set()
-        close_server(srv)
-        thread.join(5)
 
 
 def curl(url: str, *args: str) -> tuple[int, dict[str, str], bytes]:

@@ -10,13 +10,12 @@ from __future__ import annotations
 import shutil
 import stat
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from images_helpers import service
+from images_helpers import service, serving
 from provisioner.agent import cpio
 from provisioner.db import tokens, write
 
@@ -28,26 +27,9 @@ BOOT_TIMEOUT = 600
 
 @pytest.fixture
 def appliance(tiny):
-    import socket
-
-    from provisioner.web.app import create_app
-    from provisioner.web.server import close_server, make_server, run_until_closed
-
-    config = tiny[0]
-    svc = service(config)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = make_server(create_app(svc.settings), "127.0.0.1", port, threads=4)
-    closing = threading.Event()
-    thread = threading.Thread(target=run_until_closed, args=(srv, closing), daemon=True)
-    thread.start()
-    try:
+    svc = service(tiny[0])
+    with serving(svc.settings) as port:
         yield svc, port
-    finally:
-        closing.set()
-        close_server(srv)
-        thread.join(5)
 
 
 def rootfs_initramfs(svc, manifest: dict, work: Path) -> Path:
@@ -57,7 +39,6 @@ def rootfs_initramfs(svc, manifest: dict, work: Path) -> Path:
     blob = svc.image_store().path(manifest["artifacts"]["rootfs.squashfs"]["sha256"])
     subprocess.run(["unsquashfs", "-q", "-d", str(root), str(blob)], check=True, capture_output=True)
     entries = [*cpio.entries_from_tree(root), cpio.Entry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1))]
-    entries = [e for e in entries if e.path != "dev/console" or e.rdev != (0, 0)]
     rootcpio = work / "root.cpio"
     cpio.write_archive(entries, rootcpio, 0, "gzip")
     out = work / "initrd"

@@ -10,7 +10,7 @@ import pytest
 from provisioner.core.imageref import parse_digest, parse_ref
 from provisioner.errors import InvalidInput
 from provisioner.images.definition import DefinitionError, definition_digest, load_definition
-from provisioner.images.manifest import ArtifactInfo, ImageManifest, parse_manifest
+from provisioner.images.manifest import Artifact, ImageManifest, parse_manifest
 from provisioner.images.store import Store
 
 HEXES = {n: hashlib.sha256(n.encode()).hexdigest() for n in ("kernel", "rootfs.squashfs", "modules.cpio")}
@@ -50,7 +50,7 @@ def test_digest_refs():
 def manifest(**kw):
     base = dict(
         name="tiny", version="1.0.0", created=1700000000,
-        artifacts=tuple(ArtifactInfo(n, 10, h) for n, h in HEXES.items()),
+        artifacts=tuple(Artifact(n, 10, h) for n, h in HEXES.items()),
         kernel_version="6.1.0-56-amd64", packages=(("busybox-static", "1:1.35.0-4+b3"),),
         modules=("virtio_net",), source={"kind": "definition", "sha256": "b" * 64},
     )
