@@ -1,10 +1,8 @@
-"""File responses with ETag, conditional requests and single byte ranges.
+"""File responses for Flask routes, as web/file_reply.py decides them.
 
-We answer ranges ourselves rather than through werkzeug's range wrapper so
-that the response body stays the WSGI server's own file wrapper, positioned
-at the range start with the length in Content-Length: the server can then
-hand the file to the kernel (sendfile) instead of copying it through Python.
-A multi-range request is answered with the whole file, which RFC 9110 allows.
+The body stays the WSGI server's own file wrapper, positioned at the range
+start with the length in Content-Length, so that the server can hand the
+file to the kernel (sendfile) instead of copying it through Python.
 """
 
 from __future__ import annotations
@@ -13,9 +11,9 @@ import os
 from pathlib import Path
 
 from flask import Response, request
-from werkzeug.http import http_date, parse_range_header, quote_etag, unquote_etag
 
 from provisioner.errors import NotFound
+from provisioner.web.file_reply import file_reply
 
 
 def file_response(path: Path, *, etag: str | None = None, mimetype: str = "application/octet-stream",
@@ -26,54 +24,27 @@ def file_response(path: Path, *, etag: str | None = None, mimetype: str = "appli
         raise NotFound(f"{path.name} is not available") from None
     try:
         st = os.fstat(f.fileno())
-        size = st.st_size
-        tag = etag or f"{st.st_size:x}-{st.st_mtime_ns:x}"
-        headers = {
-            "ETag": quote_etag(tag),
-            "Accept-Ranges": "bytes",
-            "Last-Modified": http_date(st.st_mtime),
-            "Cache-Control": "public, max-age=31536000, immutable" if immutable else "no-cache",
-        }
-        if _matches(request.headers.get("If-None-Match"), tag):
+        reply = file_reply(
+            method=request.method, size=st.st_size, mtime=st.st_mtime,
+            tag=etag or f"{st.st_size:x}-{st.st_mtime_ns:x}", mimetype=mimetype, immutable=immutable,
+            if_none_match=request.headers.get("If-None-Match"), if_range=request.headers.get("If-Range"),
+            range_header=request.headers.get("Range"),
+        )
+        headers = list(reply.headers)
+        if not reply.length:
             f.close()
-            return Response(status=304, headers=headers)
-
-        start, length, status = 0, size, 200
-        rng = parse_range_header(request.headers.get("Range"))
-        if rng is not None and _if_range_ok(tag) and len(rng.ranges) == 1:
-            bounds = rng.range_for_length(size)
-            if bounds is None:
-                f.close()
-                headers["Content-Range"] = f"bytes */{size}"
-                return Response(status=416, headers=headers)
-            start, stop = bounds
-            length, status = stop - start, 206
-            headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
-        f.seek(start)
-        headers["Content-Length"] = str(length)
-        if request.method == "HEAD":
-            f.close()
-            return Response(status=status, headers=headers, mimetype=mimetype)
+            # HEAD keeps the Content-Length of the body it would get.
+            resp = Response(status=reply.status, headers=headers)
+            if reply.status in (304, 416):
+                del resp.headers["Content-Type"]  # werkzeug's default; there is no body
+            return resp
+        f.seek(reply.start)
         wrapper = request.environ.get("wsgi.file_wrapper")
-        body = wrapper(f) if wrapper else _limited(f, length)
-        resp = Response(body, status=status, headers=headers, mimetype=mimetype, direct_passthrough=True)
-        return resp
+        body = wrapper(f) if wrapper else _limited(f, reply.length)
+        return Response(body, status=reply.status, headers=headers, direct_passthrough=True)
     except BaseException:
         f.close()
         raise
-
-
-def _matches(header: str | None, tag: str) -> bool:
-    if not header:
-        return False
-    if header.strip() == "*":
-        return True
-    return any(unquote_etag(part.strip())[0] == tag for part in header.split(","))
-
-
-def _if_range_ok(tag: str) -> bool:
-    value = request.headers.get("If-Range")
-    return value is None or unquote_etag(value.strip())[0] == tag
 
 
 def _limited(f, length: int, chunk: int = 1 << 20):
