@@ -44,9 +44,13 @@ def create_app(settings: Settings, *, base_url: str | None = None) -> Flask:
     app.extensions["provisioner.service"] = service
 
     from provisioner.web.api import api
-    from provisioner.web.blobs import blobs
+    from provisioner.web.blobs import BlobVerifier, blobs
     from provisioner.web.boot import boot
+    from provisioner.web.fast_blobs import FastBlobs
 
+    verifier = app.extensions["provisioner.blob_verifier"] = BlobVerifier()
+    # Picked up by web/server.py's make_server, if that is what serves us.
+    app.extensions["provisioner.fast_blobs"] = FastBlobs(settings.db_path, settings.images_dir, verifier)
     app.register_blueprint(boot)
     app.register_blueprint(blobs)
     app.register_blueprint(api, url_prefix="/api/v1")

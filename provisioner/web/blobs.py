@@ -41,8 +41,12 @@ class BlobVerifier:
 
     @staticmethod
     def _key(path: Path) -> tuple[int, ...]:
-        st = os.stat(path)
-        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        return _stat_key(os.stat(path))
+
+    def known_good(self, digest: str, st: os.stat_result) -> bool:
+        """True if this very file version already hashed to digest; never
+        hashes (the event loop's fast path asks this)."""
+        return self._ok.get(digest) == _stat_key(st)
 
     def check(self, digest: str, path: Path) -> bool:
         """True if the file at path now has sha256 == digest. Raises
@@ -66,8 +70,12 @@ class BlobVerifier:
             return good
 
 
+def _stat_key(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def _verifier() -> BlobVerifier:
-    return current_app.extensions.setdefault("provisioner.blob_verifier", BlobVerifier())
+    return current_app.extensions["provisioner.blob_verifier"]
 
 
 @blobs.route("/artifacts/sha256/<hexdigest>", methods=["GET", "HEAD"])
