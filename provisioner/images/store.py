@@ -23,7 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 from provisioner.core.imageref import HEX
 from provisioner.errors import InvalidInput, ProvisionerError
@@ -42,12 +42,17 @@ class Blob:
 
 
 def sha256_file(path: Path) -> Blob:
+    with open(path, "rb") as f:
+        return sha256_stream(f)
+
+
+def sha256_stream(f: BinaryIO) -> Blob:
+    """The sha256 and size of what is left to read in f."""
     h = hashlib.sha256()
     size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-            size += len(chunk)
+    while chunk := f.read(CHUNK):
+        h.update(chunk)
+        size += len(chunk)
     return Blob(h.hexdigest(), size)
 
 

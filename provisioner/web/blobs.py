@@ -18,7 +18,7 @@ from flask import Blueprint, current_app
 
 from provisioner.core.imageref import HEX
 from provisioner.errors import NotFound, ProvisionerError
-from provisioner.images.store import sha256_file
+from provisioner.images.store import sha256_stream
 from provisioner.web.files import file_response
 
 log = logging.getLogger("provisioner.http")
@@ -56,13 +56,15 @@ class BlobVerifier:
             return True
         with self._guard:
             lock = self._locks.setdefault(digest, threading.Lock())
-        with lock:
-            key = self._key(path)
+        with lock, open(path, "rb") as f:
+            # The key and the hash come from the same open file, so a file
+            # renamed into place meanwhile cannot take the verdict.
+            key = _stat_key(os.fstat(f.fileno()))
             if self._ok.get(digest) == key:
                 return True
             if self._bad.get(digest) == key:
                 return False
-            good = sha256_file(path).sha256 == digest
+            good = sha256_stream(f).sha256 == digest
             # Keyed by the stat taken before hashing: a change during the
             # hash gives a new key, so the next request hashes again.
             (self._ok if good else self._bad)[digest] = key

@@ -12,6 +12,7 @@ the errors. Both routes answer from web/file_reply.py.
 
 from __future__ import annotations
 
+import io
 import os
 import sqlite3
 import time
@@ -40,31 +41,31 @@ class FastBlobs:
         self.hits = 0  # requests answered here
 
     def open(self, method: str, path: str, *, if_none_match: str | None, if_range: str | None,
-             range_header: str | None) -> tuple[FileReply, int | None] | None:
-        """The reply and an open file descriptor to send its body from
-        (None when there is no body), or None: take the ordinary route."""
+             range_header: str | None) -> tuple[FileReply, io.FileIO | None] | None:
+        """The reply and the open file to send its body from (None when
+        there is no body), or None: take the ordinary route."""
         hexdigest = path[len(PREFIX):]
         if not path.startswith(PREFIX) or not HEX.match(hexdigest) or not self._published(hexdigest):
             return None
         try:
-            fd = os.open(self._blobs + hexdigest, os.O_RDONLY | os.O_CLOEXEC)
+            f = io.FileIO(self._blobs + hexdigest)  # unbuffered: the body goes out by sendfile
         except OSError:
             return None
         try:
-            st = os.fstat(fd)
+            st = os.fstat(f.fileno())
             if not self._verifier.known_good(hexdigest, st):
-                os.close(fd)
+                f.close()
                 return None
             reply = file_reply(method=method, size=st.st_size, mtime=st.st_mtime, tag=hexdigest, immutable=True,
                                if_none_match=if_none_match, if_range=if_range, range_header=range_header)
         except BaseException:
-            os.close(fd)
+            f.close()
             raise
         self.hits += 1
         if not reply.length:
-            os.close(fd)
+            f.close()
             return reply, None
-        return reply, fd
+        return reply, f
 
     def _published(self, hexdigest: str) -> bool:
         # A yes is trusted for RECHECK seconds, then asked again: removing

@@ -48,8 +48,10 @@ def file_reply(*, method: str, size: int, mtime: float, tag: str, mimetype: str 
     if bounds is not None:
         start, stop = bounds
         if start >= size:
-            headers += [("Content-Range", f"bytes */{size}"), ("Content-Length", "0")]
-            return FileReply(416, tuple(headers))
+            # Caches key on the URL, not the range: this answer must not be
+            # stored in place of the file, however immutable the file is.
+            return FileReply(416, (("Accept-Ranges", "bytes"), ("Cache-Control", "no-store"),
+                                   ("Content-Range", f"bytes */{size}"), ("Content-Length", "0")))
         length, status = stop - start, 206
         headers.append(("Content-Range", f"bytes {start}-{stop - 1}/{size}"))
     headers += [("Content-Type", mimetype), ("Content-Length", str(length))]

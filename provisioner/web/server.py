@@ -3,8 +3,9 @@
 waitress streams a `wsgi.file_wrapper` body from its own event loop (no
 thread per download, slow clients cost nothing), but it copies each chunk
 through Python. `SendfileChannel` hands such a body to the kernel with
-os.sendfile instead; everything else (headers, small bodies) goes through
-waitress unchanged. Image artifacts are hundreds of MB, so the copy matters.
+os.sendfile instead, and sends the header before it with MSG_MORE so that
+both leave in one segment; other output (small bodies) is sent as waitress
+does. Image artifacts are hundreds of MB, so the copy matters.
 
 A request for a published, verified blob is answered by the channel itself
 on the event loop (web/fast_blobs.py), without the worker-thread hand-off
@@ -14,7 +15,6 @@ and the WSGI stack, which is most of what a small Range request costs.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import socket
 import time
@@ -25,8 +25,6 @@ from waitress.server import create_server
 from werkzeug.http import http_date
 
 from provisioner.web.simple_request import SimpleRequest, parse_simple_request
-
-log = logging.getLogger("provisioner.http")
 
 _DISCONNECTED = {errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN, errno.ECONNABORTED, errno.EPIPE, errno.EBADF}
 SENDFILE_CHUNK = 4 << 20
@@ -57,7 +55,7 @@ class SendfileChannel(HTTPChannel):
                 return False
             if got is None:
                 return False
-            reply, fd = got
+            reply, f = got
             lines = [f"HTTP/1.1 {reply.status} {reply.reason}"]
             lines += [f"{name}: {value}" for name, value in reply.headers]
             lines += [f"Date: {_now()}", f"Server: {self.adj.ident}"]
@@ -66,13 +64,19 @@ class SendfileChannel(HTTPChannel):
                 self.close_when_flushed = True
             head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
             with self.outbuf_lock:
+                if self.outbufs[-1].buf is not None:
+                    # A buffer past its in-memory stage never shrinks while
+                    # it is the last one: start a new one, as waitress does
+                    # for each response.
+                    self.outbufs.append(OverflowableBuffer(self.adj.outbuf_overflow))
                 self.outbufs[-1].append(head)
                 self.total_outbufs_len += len(head)
-                if fd is not None:
-                    self.outbufs.append(FileRange(fd, reply.start, reply.length))
+                if f is not None:
+                    self.outbufs.append(FileRange(f.fileno(), reply.start, reply.length, owner=f))
                     self.outbufs.append(OverflowableBuffer(self.adj.outbuf_overflow))
                     self.total_outbufs_len += reply.length
-                self.current_outbuf_count = 0
+                # The next response (ours or waitress') starts a new buffer.
+                self.current_outbuf_count = self.adj.outbuf_high_watermark
                 # Send now rather than on the loop's next turn: for a small
                 # range that turn is a good part of the cost.
                 self._flush_some(do_close=False)
@@ -160,25 +164,21 @@ class SendfileChannel(HTTPChannel):
 
 class FileRange:
     """An output buffer that is `remain` bytes of an open file from
-    `offset`, sent with sendfile; it owns (closes) the file."""
+    `offset`, sent with sendfile. It owns the file object: closing it (or
+    losing it, when a channel is dropped unclosed) closes the file."""
 
-    def __init__(self, fd: int, offset: int, remain: int, owner=None) -> None:
+    def __init__(self, fd: int, offset: int, remain: int, *, owner) -> None:
         self.fd, self.offset, self.remain, self._owner = fd, offset, remain, owner
 
     @classmethod
-    def of_file(cls, f, remain: int) -> "FileRange":
+    def of_file(cls, f, remain: int) -> FileRange:
         return cls(f.fileno(), f.tell(), remain, owner=f)
 
     def __len__(self) -> int:
         return self.remain
 
     def close(self) -> None:
-        if self.fd < 0:
-            return
-        if self._owner is not None:
-            self._owner.close()
-        else:
-            os.close(self.fd)
+        self._owner.close()
         self.fd = -1
 
 
@@ -209,7 +209,12 @@ def close_server(server) -> None:
     server.close()
     for channel in list(server._map.values()):
         try:
-            channel.close()
+            if isinstance(channel, HTTPChannel):
+                # handle_close, not close: it also closes the output
+                # buffers, hence the files of downloads still in flight.
+                channel.handle_close()
+            else:
+                channel.close()
         except OSError:
             pass
     server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)

@@ -50,6 +50,8 @@ def test_unsatisfiable_ranges(range_header):
     assert (r.status, r.length) == (416, 0)
     assert headers["Content-Range"] == f"bytes */{SIZE}"
     assert headers["Content-Length"] == "0"  # a keep-alive client must not wait for a body
+    # A cache keys on the URL, not the range: a 416 must never stand in for the file.
+    assert headers["Cache-Control"] == "no-store" and "ETag" not in headers
 
 
 def test_entity_headers():
