@@ -18,7 +18,10 @@ import sqlite3
 import time
 from pathlib import Path
 
+from sqlite_utils import Database
+
 from provisioner.core.imageref import HEX
+from provisioner.db import images
 from provisioner.images.store import Store
 from provisioner.web.blobs import BlobVerifier
 from provisioner.web.file_reply import FileReply, file_reply
@@ -35,7 +38,7 @@ class FastBlobs:
         self._db_path = db_path
         self._blobs = f"{Store(images_dir).blobs}/"
         self._verifier = verifier
-        self._db: sqlite3.Connection | None = None
+        self._db: Database | None = None
         self._version: int | None = None
         self._served: dict[str, float] = {}  # digest -> trusted until (monotonic)
         self.hits = 0  # requests answered here
@@ -80,8 +83,8 @@ class FastBlobs:
             if self._db is None:
                 # The loop must not wait on a busy database: Flask's route,
                 # which may, answers instead.
-                self._db = sqlite3.connect(str(self._db_path), isolation_level=None, check_same_thread=False,
-                                           timeout=0)
+                self._db = Database(sqlite3.connect(str(self._db_path), isolation_level=None,
+                                                    check_same_thread=False, timeout=0))
             version = self._db.execute("PRAGMA data_version").fetchone()[0]
             if version != self._version:
                 self._version = version
@@ -89,14 +92,14 @@ class FastBlobs:
             elif hexdigest in self._served:
                 self._served[hexdigest] = now + RECHECK
                 return True
-            found = self._db.execute("select 1 from image_blobs where digest = ? limit 1", [hexdigest]).fetchone()
+            found = images.blob_known(self._db, hexdigest)
         except sqlite3.Error:
             return False
         if found:
             self._served[hexdigest] = now + RECHECK
-        return bool(found)
+        return found
 
     def close(self) -> None:
         if self._db is not None:
-            self._db.close()
+            self._db.conn.close()
             self._db = None

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -66,22 +65,27 @@ def flip_bit(path: Path, offset: int, mask: int = 0x01) -> None:
 
 
 @contextlib.contextmanager
-def serving(settings) -> Iterator[int]:
-    """The appliance's HTTP server (app, waitress, sendfile) on a free
-    loopback port, for as long as the block runs; yields the port."""
-    from provisioner.web.app import create_app
+def running(app, port: int = 0, threads: int = 4):
+    """The appliance's HTTP server (waitress, sendfile, the blob fast path)
+    for `app` on loopback, for as long as the block runs; yields it."""
     from provisioner.web.server import close_server, make_server, run_until_closed
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = make_server(create_app(settings), "127.0.0.1", port, threads=4)
+    srv = make_server(app, "127.0.0.1", port, threads=threads)
     closing = threading.Event()
     thread = threading.Thread(target=run_until_closed, args=(srv, closing), daemon=True)
     thread.start()
     try:
-        yield port
+        yield srv
     finally:
         closing.set()
         close_server(srv)
         thread.join(5)
+
+
+@contextlib.contextmanager
+def serving(settings) -> Iterator[int]:
+    """The appliance's app on a free loopback port; yields the port."""
+    from provisioner.web.app import create_app
+
+    with running(create_app(settings)) as srv:
+        yield srv.socket.getsockname()[1]

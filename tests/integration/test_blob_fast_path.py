@@ -5,13 +5,11 @@ verified, unchanged blobs, and everything unusual left to waitress."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import http.client
 import os
 import socket
 import subprocess
-import threading
 import time
 from typing import Any
 
@@ -24,25 +22,10 @@ from provisioner.settings import parse
 from provisioner.web import fast_blobs
 from provisioner.web.app import create_app
 from provisioner.web.fast_blobs import FastBlobs
-from provisioner.web.server import close_server, make_server, run_until_closed
 
-from images_helpers import flip_bit
+from images_helpers import flip_bit, running
 
 SIZE = (3 << 20) + 12345
-
-
-@contextlib.contextmanager
-def server(app):
-    srv = make_server(app, "127.0.0.1", 0, threads=2)
-    closing = threading.Event()
-    thread = threading.Thread(target=run_until_closed, args=(srv, closing), daemon=True)
-    thread.start()
-    try:
-        yield srv
-    finally:
-        closing.set()
-        close_server(srv)
-        thread.join(5)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +68,7 @@ def blob(tmp_path):
     fast_app = create_app(settings)
     flask_app = create_app(settings)
     del flask_app.extensions["provisioner.fast_blobs"]  # this one answers everything through Flask
-    with server(fast_app) as fast_srv, server(flask_app) as flask_srv:
+    with running(fast_app, threads=2) as fast_srv, running(flask_app, threads=2) as flask_srv:
         yield Served(svc, digest, data, fast_srv, flask_srv.socket.getsockname()[1])
 
 
@@ -288,7 +271,7 @@ def open_blob_fds(blob_path: str) -> int:
 def test_stopping_the_server_closes_the_files_of_downloads_in_flight(blob):
     b = blob
     blob_path = str(b.svc.image_store().path(b.digest))
-    with server(create_app(b.svc.settings)) as srv:
+    with running(create_app(b.svc.settings), threads=2) as srv:
         exchange(srv.socket.getsockname()[1], get(b.path, "Range: bytes=0-0"))  # verified now
         clients = []
         for _ in range(3):
